@@ -1,0 +1,378 @@
+//! Pipelines and file families: which object keys are bill files, and what each one is a
+//! snapshot of. Everything here comes from `pipelines/*.toml`; no family is written in Rust.
+//!
+//! A family's name pattern yields the account and either a date (a cumulative, month-to-date
+//! snapshot) or a month (the final snapshot). Families that share a `unit` replace each other
+//! for one (account, month): that triple is a [`SnapshotUnit`], the thing the ledger tracks and
+//! the lake holds exactly one version of.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::Schema;
+use crate::source::ObjectInfo;
+use crate::{Error, Result};
+
+const EMBEDDED_DEFAULT: &str = include_str!("../pipelines/tencent-focus.toml");
+pub const DEFAULT_PIPELINE: &str = "pipelines/tencent-focus.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    /// Month-to-date: a later one replaces an earlier one.
+    Cumulative,
+    /// The month's final bill: replaces every cumulative one.
+    Final,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CsvOptions {
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    #[serde(default = "default_nulls")]
+    pub null_values: Vec<String>,
+    /// UTC offset of date-times written without a zone (`+08:00` for Beijing time).
+    #[serde(default = "default_offset")]
+    pub naive_time_offset: String,
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+fn default_nulls() -> Vec<String> {
+    vec![String::new()]
+}
+fn default_offset() -> String {
+    "+00:00".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PartitionOptions {
+    pub period_column: String,
+    #[serde(default = "default_offset")]
+    pub period_utc_offset: String,
+    pub account_column: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct FamilyDef {
+    name: String,
+    unit: String,
+    pattern: String,
+    snapshot: SnapshotKind,
+    #[serde(default = "default_format")]
+    format: String,
+    /// For `date` names: how many days before the named date the snapshot's data ends. A
+    /// month-to-date file delivered on the 1st covers the previous month, so its billing month
+    /// is the month of (date - lag).
+    #[serde(default)]
+    data_lag_days: u32,
+}
+
+fn default_format() -> String {
+    "csv".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PipelineDef {
+    name: String,
+    schema: String,
+    csv: CsvOptions,
+    partition: PartitionOptions,
+    family: Vec<FamilyDef>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Family {
+    pub name: String,
+    pub unit: String,
+    pub snapshot: SnapshotKind,
+    pub format: String,
+    pub data_lag_days: u32,
+    regex: Regex,
+}
+
+/// A loaded pipeline: its families, CSV options, partitioning and schema.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub origin: String,
+    pub csv: CsvOptions,
+    pub partition: PartitionOptions,
+    pub families: Vec<Family>,
+    pub schema: Schema,
+}
+
+impl Pipeline {
+    /// Loads a pipeline file. Without an explicit path, `pipelines/tencent-focus.toml` in the
+    /// working directory is used if present, else the copy compiled into the binary.
+    pub fn load(path: Option<&Path>) -> Result<Pipeline> {
+        let default = PathBuf::from(DEFAULT_PIPELINE);
+        let (text, origin, dir) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                (
+                    text,
+                    p.display().to_string(),
+                    p.parent().map(Path::to_path_buf),
+                )
+            }
+            None if default.exists() => {
+                let text = std::fs::read_to_string(&default).map_err(|e| Error::io(&default, e))?;
+                (
+                    text,
+                    DEFAULT_PIPELINE.to_string(),
+                    Some(PathBuf::from("pipelines")),
+                )
+            }
+            None => (
+                EMBEDDED_DEFAULT.to_string(),
+                "embedded tencent-focus pipeline".to_string(),
+                None,
+            ),
+        };
+        let schema_dir = dir.map(|d| d.join("..").join("schemas"));
+        Pipeline::parse(&text, &origin, schema_dir.as_deref())
+    }
+
+    pub fn parse(text: &str, origin: &str, schema_dir: Option<&Path>) -> Result<Pipeline> {
+        let def: PipelineDef =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let schema = Schema::load(&def.schema, schema_dir)?;
+        let mut families = Vec::new();
+        for f in def.family {
+            // Any folder prefix, whole file name, any case.
+            let full = format!("(?i)(?:^|/)(?:{})$", f.pattern);
+            let regex = Regex::new(&full).map_err(|e| {
+                Error::Config(format!("{origin}: family {}: bad pattern: {e}", f.name))
+            })?;
+            let names: Vec<&str> = regex.capture_names().flatten().collect();
+            let has_period = names.contains(&"date") || names.contains(&"month");
+            if !names.contains(&"account") || !has_period {
+                return Err(Error::Config(format!(
+                    "{origin}: family {}: pattern needs named groups `account` and `date` or `month`",
+                    f.name
+                )));
+            }
+            if f.format != "csv" {
+                return Err(Error::Config(format!(
+                    "{origin}: family {}: format {:?} is not supported yet (only csv)",
+                    f.name, f.format
+                )));
+            }
+            families.push(Family {
+                name: f.name,
+                unit: f.unit,
+                snapshot: f.snapshot,
+                format: f.format,
+                data_lag_days: f.data_lag_days,
+                regex,
+            });
+        }
+        if def.csv.delimiter.len() != 1 {
+            return Err(Error::Config(format!(
+                "{origin}: csv.delimiter must be one byte"
+            )));
+        }
+        for col in [&def.partition.period_column, &def.partition.account_column] {
+            if schema.column(col).is_none() {
+                return Err(Error::Config(format!(
+                    "{origin}: partition column {col} is not in schema {}",
+                    def.schema
+                )));
+            }
+        }
+        Ok(Pipeline {
+            name: def.name,
+            origin: origin.to_string(),
+            csv: def.csv,
+            partition: def.partition,
+            families,
+            schema,
+        })
+    }
+
+    /// Decides what an object is. Never fails: anything unrecognised is a reason to skip.
+    pub fn classify(&self, obj: &ObjectInfo) -> Classification {
+        if obj.key.ends_with('/') {
+            return Classification::Unrecognised("folder marker".into());
+        }
+        for family in &self.families {
+            let Some(caps) = family.regex.captures(&obj.key) else {
+                continue;
+            };
+            let account = caps["account"].to_string();
+            let parsed = match (caps.name("date"), caps.name("month")) {
+                (Some(d), _) => parse_date(d.as_str()).map(|date| {
+                    let covered = date - chrono::Days::new(family.data_lag_days as u64);
+                    let month = format!("{}", covered.format("%Y-%m"));
+                    (
+                        month,
+                        SnapshotRank::Cumulative(date.format("%Y%m%d").to_string()),
+                    )
+                }),
+                (None, Some(m)) => {
+                    parse_month(m.as_str()).map(|month| (month, SnapshotRank::Final))
+                }
+                (None, None) => None,
+            };
+            let Some((month, rank)) = parsed else {
+                return Classification::Unrecognised(format!(
+                    "name looks like family {} but its date is not a real date",
+                    family.name
+                ));
+            };
+            return Classification::Bill(BillFile {
+                object: obj.clone(),
+                family: family.name.clone(),
+                unit: SnapshotUnit {
+                    unit: family.unit.clone(),
+                    account,
+                    month,
+                },
+                rank,
+            });
+        }
+        Classification::Unrecognised(format!(
+            "name matches no file family of pipeline {}",
+            self.name
+        ))
+    }
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y%m%d").ok()
+}
+
+fn parse_month(s: &str) -> Option<String> {
+    let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
+    if digits.len() != 6 {
+        return None;
+    }
+    let date = NaiveDate::parse_from_str(&format!("{digits}01"), "%Y%m%d").ok()?;
+    Some(date.format("%Y-%m").to_string())
+}
+
+/// What one snapshot is of: the lake holds exactly one loaded version per unit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SnapshotUnit {
+    /// Families sharing this name replace each other.
+    pub unit: String,
+    pub account: String,
+    /// `YYYY-MM`
+    pub month: String,
+}
+
+impl SnapshotUnit {
+    /// File name (without extension) of this unit's output in each partition it touches.
+    pub fn file_stem(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.unit,
+            self.account,
+            self.month.replace('-', "")
+        )
+    }
+}
+
+impl fmt::Display for SnapshotUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.unit, self.account, self.month)
+    }
+}
+
+/// How complete a snapshot is: every cumulative one ranks below the final one, later dates above
+/// earlier ones.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotRank {
+    /// `YYYYMMDD` of the delivery date in the name.
+    Cumulative(String),
+    Final,
+}
+
+impl fmt::Display for SnapshotRank {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotRank::Cumulative(d) => write!(f, "daily {d}"),
+            SnapshotRank::Final => write!(f, "monthly final"),
+        }
+    }
+}
+
+/// An object recognised as a bill file.
+#[derive(Debug, Clone)]
+pub struct BillFile {
+    pub object: ObjectInfo,
+    pub family: String,
+    pub unit: SnapshotUnit,
+    pub rank: SnapshotRank,
+}
+
+#[derive(Debug, Clone)]
+pub enum Classification {
+    Bill(BillFile),
+    Unrecognised(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            size: 1,
+            etag: "e".into(),
+            last_modified: None,
+        }
+    }
+
+    fn bill(p: &Pipeline, key: &str) -> BillFile {
+        match p.classify(&obj(key)) {
+            Classification::Bill(b) => b,
+            Classification::Unrecognised(r) => panic!("{key}: {r}"),
+        }
+    }
+
+    #[test]
+    fn tencent_focus_names() {
+        let p = Pipeline::load(None).unwrap();
+        let d = bill(&p, "FOCUS-bill_details-200020002001-20251209.CSV");
+        assert_eq!(d.family, "focus-daily");
+        assert_eq!(d.unit.account, "200020002001");
+        assert_eq!(d.unit.month, "2025-12");
+        assert_eq!(d.rank, SnapshotRank::Cumulative("20251209".into()));
+
+        let m = bill(&p, "some/prefix/focus-bill_details-200020002001-202512.csv");
+        assert_eq!(m.family, "focus-monthly");
+        assert_eq!(m.rank, SnapshotRank::Final);
+        assert_eq!(m.unit, d.unit);
+        assert!(m.rank > d.rank);
+        assert!(
+            SnapshotRank::Cumulative("20251210".into())
+                > SnapshotRank::Cumulative("20251209".into())
+        );
+        // Delivered on the 1st: month-to-date through yesterday, i.e. the previous month.
+        let first = bill(&p, "FOCUS-bill_details-200020002001-20260101.CSV");
+        assert_eq!(first.unit.month, "2025-12");
+        assert!(first.rank < m.rank);
+
+        for skip in [
+            "FOCUS-bill_details-200020002001-20251340.CSV",
+            "FOCUS-bill_details-200020002001-20251209.CSV.bak",
+            "xFOCUS-bill_details-200020002001-20251209.CSV",
+            "100010445724-20241208-by_used_time-bill_details.zip",
+            "dir/",
+        ] {
+            assert!(
+                matches!(p.classify(&obj(skip)), Classification::Unrecognised(_)),
+                "{skip}"
+            );
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! The decode stage: CSV bytes to typed Arrow record batches, with no type inference.
+//!
+//! Columns are found by header name, in any order; their types come from the schema (ids stay
+//! strings, money is `Decimal128`, date-times are UTC timestamps). Columns the schema does not
+//! know are kept as strings. Two lineage columns, `x_SourceKey` and `x_SourceLine`, tie every row
+//! back to its object and line.
+//!
+//! A value that does not parse as its column's type does not stop the file: the row is set aside
+//! as a [`RowProblem`] (line, column, raw value, reason) and the next row is read. Only a file
+//! that cannot be read as CSV at all is an error. Parsing of numbers and date-times is written
+//! here rather than borrowed because the rules are billpipe's: exact decimals that never round,
+//! and date-times with an explicit rule for values written without a zone.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
+use csv::ByteRecord;
+
+use crate::schema::{ColumnType, Schema};
+use crate::{Error, Result};
+
+pub const SOURCE_KEY_COLUMN: &str = "x_SourceKey";
+pub const SOURCE_LINE_COLUMN: &str = "x_SourceLine";
+
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    pub delimiter: u8,
+    /// Field values read as null (compared byte for byte, before any parsing).
+    pub null_values: Vec<Vec<u8>>,
+    /// Offset, in seconds east of UTC, of date-times written without a zone.
+    pub naive_offset_secs: i64,
+    /// Rows per record batch.
+    pub batch_rows: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            delimiter: b',',
+            null_values: vec![Vec::new()],
+            naive_offset_secs: 0,
+            batch_rows: 16 * 1024,
+        }
+    }
+}
+
+/// A row that was not loaded, and why. Goes to the quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowProblem {
+    pub line: u64,
+    pub column: String,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Utf8,
+    Decimal,
+    Timestamp,
+}
+
+#[derive(Debug, Clone)]
+struct OutColumn {
+    name: String,
+    source: Option<usize>,
+    kind: Kind,
+}
+
+/// How a file's header maps to output columns. Decided once per file.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Output schema: schema columns in schema order, then unknown columns in file order, then
+    /// the two lineage columns.
+    pub schema: SchemaRef,
+    /// Schema columns the file does not have (written as all-null so every file of a lake has
+    /// the same FOCUS columns).
+    pub absent: Vec<String>,
+    /// File columns the schema does not know, kept as strings.
+    pub extra: Vec<String>,
+    /// Header names matched only case-insensitively: (in file, schema name).
+    pub case_mismatches: Vec<(String, String)>,
+    columns: Vec<OutColumn>,
+}
+
+impl Layout {
+    /// Builds the layout from a header row. Fails on duplicated or empty names, and on names
+    /// that collide with the lineage columns.
+    pub fn from_header(header: &[String], schema: &Schema) -> Result<Layout> {
+        let mut seen = std::collections::HashMap::new();
+        for (i, name) in header.iter().enumerate() {
+            if name.is_empty() {
+                return Err(Error::Rejected(format!(
+                    "header: column {} has no name",
+                    i + 1
+                )));
+            }
+            if let Some(first) = seen.insert(name.as_str(), i) {
+                return Err(Error::Rejected(format!(
+                    "header: column name {name:?} appears twice (columns {} and {})",
+                    first + 1,
+                    i + 1
+                )));
+            }
+            if name == SOURCE_KEY_COLUMN || name == SOURCE_LINE_COLUMN {
+                return Err(Error::Rejected(format!(
+                    "header: column {name} is reserved for billpipe's lineage"
+                )));
+            }
+        }
+        let mut used = vec![false; header.len()];
+        let mut columns = Vec::new();
+        let mut fields = Vec::new();
+        let mut absent = Vec::new();
+        let mut case_mismatches = Vec::new();
+        for col in &schema.columns {
+            let exact = header.iter().position(|h| h == &col.name);
+            let source = exact.or_else(|| {
+                let found = header
+                    .iter()
+                    .enumerate()
+                    .position(|(i, h)| !used[i] && h.eq_ignore_ascii_case(&col.name));
+                if let Some(i) = found {
+                    case_mismatches.push((header[i].clone(), col.name.clone()));
+                }
+                found
+            });
+            match source {
+                Some(i) => used[i] = true,
+                None => absent.push(col.name.clone()),
+            }
+            let kind = match col.ty {
+                ColumnType::String | ColumnType::Json => Kind::Utf8,
+                ColumnType::Decimal => Kind::Decimal,
+                ColumnType::Timestamp => Kind::Timestamp,
+            };
+            fields.push(Field::new(&col.name, schema.arrow_type(col.ty), true));
+            columns.push(OutColumn {
+                name: col.name.clone(),
+                source,
+                kind,
+            });
+        }
+        let mut extra = Vec::new();
+        for (i, name) in header.iter().enumerate() {
+            if used[i] {
+                continue;
+            }
+            extra.push(name.clone());
+            fields.push(Field::new(name, arrow_schema::DataType::Utf8, true));
+            columns.push(OutColumn {
+                name: name.clone(),
+                source: Some(i),
+                kind: Kind::Utf8,
+            });
+        }
+        fields.push(Field::new(
+            SOURCE_KEY_COLUMN,
+            arrow_schema::DataType::Utf8,
+            false,
+        ));
+        fields.push(Field::new(
+            SOURCE_LINE_COLUMN,
+            arrow_schema::DataType::Int64,
+            false,
+        ));
+        Ok(Layout {
+            schema: Arc::new(ArrowSchema::new(fields)),
+            absent,
+            extra,
+            case_mismatches,
+            columns,
+        })
+    }
+
+    /// Index of a column in the output schema.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.schema.index_of(name).ok()
+    }
+}
+
+/// Output of one decode step: loaded rows and the rows set aside.
+pub struct DecodedBatch {
+    pub batch: RecordBatch,
+    pub problems: Vec<RowProblem>,
+}
+
+/// Reads CSV and yields record batches in the layout decided by its header.
+pub struct CsvDecoder<R: Read> {
+    reader: csv::Reader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>,
+    /// The CSV parser ends a CRLF record at the `\r` and counts the `\n` into the next record's
+    /// start, which makes its line numbers one short in CRLF files; corrected here.
+    crlf_line_shift: u64,
+    layout: Arc<Layout>,
+    key: String,
+    header_len: usize,
+    options: DecodeOptions,
+    precision: u8,
+    scale: i8,
+    record: ByteRecord,
+    scratch: Vec<Value>,
+    finished: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Null,
+    Text,
+    Decimal(i128),
+    Micros(i64),
+}
+
+impl<R: Read> CsvDecoder<R> {
+    /// Reads the header of `input` (a UTF-8 BOM is skipped) and decides the layout.
+    pub fn new(mut input: R, key: &str, schema: &Schema, options: DecodeOptions) -> Result<Self> {
+        let (first_line, crlf) = peek_first_line(&mut input)
+            .map_err(|e| Error::Rejected(format!("line 1: cannot read the header: {e}")))?;
+        let input = std::io::Cursor::new(first_line).chain(input);
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(options.delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(input);
+        let mut raw = ByteRecord::new();
+        let has_header = reader
+            .read_byte_record(&mut raw)
+            .map_err(|e| Error::Rejected(format!("line 1: cannot read the header: {e}")))?;
+        if !has_header {
+            return Err(Error::Rejected("empty file: no header line".into()));
+        }
+        let mut header = Vec::with_capacity(raw.len());
+        for (i, field) in raw.iter().enumerate() {
+            let field = if i == 0 {
+                field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+            } else {
+                field
+            };
+            let name = std::str::from_utf8(field).map_err(|_| {
+                Error::Rejected(format!("line 1: header column {} is not UTF-8", i + 1))
+            })?;
+            header.push(name.trim().to_string());
+        }
+        let layout = Layout::from_header(&header, schema)?;
+        Ok(CsvDecoder {
+            reader,
+            crlf_line_shift: u64::from(crlf),
+            header_len: header.len(),
+            scratch: vec![Value::Null; layout.columns.len()],
+            layout: Arc::new(layout),
+            key: key.to_string(),
+            options,
+            precision: schema.decimal_precision,
+            scale: schema.decimal_scale,
+            record: ByteRecord::new(),
+            finished: false,
+        })
+    }
+
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
+    }
+
+    fn is_null(&self, field: &[u8]) -> bool {
+        self.options
+            .null_values
+            .iter()
+            .any(|n| n.as_slice() == field)
+    }
+
+    /// Parses the current record into `scratch`; returns the problems found (empty = loadable).
+    fn parse_record(&mut self, line: u64, problems: &mut Vec<RowProblem>) -> bool {
+        let mut ok = true;
+        if self.record.len() != self.header_len {
+            problems.push(RowProblem {
+                line,
+                column: "*".into(),
+                value: String::new(),
+                reason: format!(
+                    "row has {} fields, the header has {}",
+                    self.record.len(),
+                    self.header_len
+                ),
+            });
+            return false;
+        }
+        for (c, col) in self.layout.columns.iter().enumerate() {
+            let Some(src) = col.source else {
+                self.scratch[c] = Value::Null;
+                continue;
+            };
+            let field = &self.record[src];
+            if self.is_null(field) {
+                self.scratch[c] = Value::Null;
+                continue;
+            }
+            let parsed = match col.kind {
+                Kind::Utf8 => std::str::from_utf8(field)
+                    .map(|_| Value::Text)
+                    .map_err(|_| "not valid UTF-8".to_string()),
+                Kind::Decimal => {
+                    parse_decimal(field, self.precision, self.scale).map(Value::Decimal)
+                }
+                Kind::Timestamp => {
+                    parse_timestamp(field, self.options.naive_offset_secs).map(Value::Micros)
+                }
+            };
+            match parsed {
+                Ok(v) => self.scratch[c] = v,
+                Err(reason) => {
+                    ok = false;
+                    problems.push(RowProblem {
+                        line,
+                        column: col.name.clone(),
+                        value: String::from_utf8_lossy(field).into_owned(),
+                        reason,
+                    });
+                }
+            }
+        }
+        ok
+    }
+
+    fn next_batch(&mut self) -> Result<Option<DecodedBatch>> {
+        if self.finished {
+            return Ok(None);
+        }
+        let n = self.options.batch_rows;
+        let mut builders: Vec<Builder> = self
+            .layout
+            .columns
+            .iter()
+            .map(|c| Builder::new(c.kind, n, self.precision, self.scale))
+            .collect();
+        let mut keys = StringBuilder::with_capacity(n, n * self.key.len());
+        let mut lines = Int64Builder::with_capacity(n);
+        let mut problems = Vec::new();
+        let mut rows = 0;
+        while rows < n {
+            let more = self
+                .reader
+                .read_byte_record(&mut self.record)
+                .map_err(|e| {
+                    let line = e.position().map(|p| p.line()).unwrap_or(0);
+                    Error::Rejected(format!("line {line}: unreadable CSV: {e}"))
+                })?;
+            if !more {
+                self.finished = true;
+                break;
+            }
+            let line = self.record.position().map(|p| p.line()).unwrap_or(0) + self.crlf_line_shift;
+            if !self.parse_record(line, &mut problems) {
+                continue;
+            }
+            for (c, b) in builders.iter_mut().enumerate() {
+                let src = self.layout.columns[c].source;
+                match (self.scratch[c], b) {
+                    (Value::Null, b) => b.append_null(),
+                    (Value::Text, Builder::Utf8(b)) => {
+                        let field = src.map(|s| &self.record[s]).unwrap_or(b"");
+                        b.append_value(String::from_utf8_lossy(field));
+                    }
+                    (Value::Decimal(v), Builder::Decimal(b)) => b.append_value(v),
+                    (Value::Micros(v), Builder::Timestamp(b)) => b.append_value(v),
+                    _ => unreachable!("value kind always matches its column's builder"),
+                }
+            }
+            keys.append_value(&self.key);
+            lines.append_value(line as i64);
+            rows += 1;
+        }
+        if rows == 0 && problems.is_empty() {
+            return Ok(None);
+        }
+        let mut arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+        arrays.push(Arc::new(keys.finish()));
+        arrays.push(Arc::new(lines.finish()));
+        let batch = RecordBatch::try_new(self.layout.schema.clone(), arrays)?;
+        Ok(Some(DecodedBatch { batch, problems }))
+    }
+}
+
+impl<R: Read> Iterator for CsvDecoder<R> {
+    type Item = Result<DecodedBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_batch() {
+            Ok(Some(b)) => Some(Ok(b)),
+            Ok(None) => None,
+            Err(e) => {
+                self.finished = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Reads up to and including the first `\n` (at most 1 MiB) and tells whether the line ends in
+/// CRLF. The bytes are handed back to be read again.
+fn peek_first_line(input: &mut impl Read) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while buf.len() < (1 << 20) {
+        if input.read(&mut byte)? == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    let crlf = buf.ends_with(b"\r\n");
+    Ok((buf, crlf))
+}
+
+enum Builder {
+    Utf8(StringBuilder),
+    Decimal(Decimal128Builder),
+    Timestamp(TimestampMicrosecondBuilder),
+}
+
+impl Builder {
+    fn new(kind: Kind, rows: usize, precision: u8, scale: i8) -> Builder {
+        match kind {
+            Kind::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::Decimal => Builder::Decimal(
+                Decimal128Builder::with_capacity(rows)
+                    .with_precision_and_scale(precision, scale)
+                    .unwrap_or_else(|_| Decimal128Builder::with_capacity(rows)),
+            ),
+            Kind::Timestamp => Builder::Timestamp(
+                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
+            ),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Builder::Utf8(b) => b.append_null(),
+            Builder::Decimal(b) => b.append_null(),
+            Builder::Timestamp(b) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Utf8(mut b) => Arc::new(b.finish()),
+            Builder::Decimal(mut b) => Arc::new(b.finish()),
+            Builder::Timestamp(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Parses an exact decimal (`-12.5`, `3`, `35.2E-7`) into an integer scaled by `10^scale`.
+/// Never rounds: digits past the scale must be zeros, and the value must fit `precision`.
+pub fn parse_decimal(s: &[u8], precision: u8, scale: i8) -> std::result::Result<i128, String> {
+    let err = |why: &str| Err(format!("not a decimal number ({why})"));
+    let mut i = 0;
+    let negative = match s.first() {
+        Some(b'-') => {
+            i = 1;
+            true
+        }
+        Some(b'+') => {
+            i = 1;
+            false
+        }
+        _ => false,
+    };
+    let mut mantissa: i128 = 0;
+    let mut digits = 0u32; // significant digits accumulated
+    let mut frac_digits: i32 = 0;
+    let mut pending_zeros: u32 = 0; // fractional zeros not yet applied (trailing zeros are free)
+    let mut seen_digit = false;
+    let mut in_frac = false;
+    let overflow = || format!("does not fit DECIMAL({precision},{scale})");
+    while i < s.len() {
+        let b = s[i];
+        match b {
+            b'0'..=b'9' => {
+                seen_digit = true;
+                let d = (b - b'0') as i128;
+                if in_frac {
+                    if d == 0 {
+                        pending_zeros += 1;
+                        i += 1;
+                        continue;
+                    }
+                    for _ in 0..pending_zeros {
+                        mantissa = mantissa.checked_mul(10).ok_or_else(overflow)?;
+                    }
+                    frac_digits += pending_zeros as i32 + 1;
+                    pending_zeros = 0;
+                } else if mantissa == 0 && d == 0 {
+                    i += 1;
+                    continue;
+                }
+                mantissa = mantissa
+                    .checked_mul(10)
+                    .and_then(|m| m.checked_add(d))
+                    .ok_or_else(overflow)?;
+                digits += 1;
+                if digits > 38 {
+                    return Err(overflow());
+                }
+            }
+            b'.' if !in_frac => in_frac = true,
+            b'e' | b'E' => break,
+            _ => return err("unexpected character"),
+        }
+        i += 1;
+    }
+    if !seen_digit {
+        return err("no digits");
+    }
+    let mut exponent: i32 = 0;
+    if i < s.len() {
+        // exponent part
+        let exp =
+            std::str::from_utf8(&s[i + 1..]).map_err(|_| "not a decimal number".to_string())?;
+        if exp.is_empty() || exp.starts_with('+') && exp.len() == 1 {
+            return err("empty exponent");
+        }
+        exponent = exp
+            .parse::<i32>()
+            .map_err(|_| "not a decimal number (bad exponent)".to_string())?;
+        if exponent.abs() > 100 {
+            return Err(overflow());
+        }
+    }
+    let shift = scale as i32 - frac_digits + exponent;
+    let mut value = mantissa;
+    if shift >= 0 {
+        for _ in 0..shift {
+            value = value.checked_mul(10).ok_or_else(overflow)?;
+        }
+    } else {
+        for _ in 0..(-shift) {
+            if value % 10 != 0 {
+                return Err(format!(
+                    "has more than {scale} fractional digits; billpipe does not round"
+                ));
+            }
+            value /= 10;
+        }
+    }
+    let limit = 10i128.checked_pow(precision as u32).unwrap_or(i128::MAX);
+    if value >= limit {
+        return Err(overflow());
+    }
+    Ok(if negative { -value } else { value })
+}
+
+/// Formats a scaled decimal for people and reports, without trailing zeros.
+pub fn format_decimal(value: i128, scale: i8) -> String {
+    let scale = scale.max(0) as u32;
+    let unit = 10i128.pow(scale);
+    let sign = if value < 0 { "-" } else { "" };
+    let abs = value.unsigned_abs();
+    let int = abs / unit as u128;
+    let frac = abs % unit as u128;
+    if frac == 0 {
+        return format!("{sign}{int}");
+    }
+    let frac = format!("{:0width$}", frac, width = scale as usize);
+    format!("{sign}{int}.{}", frac.trim_end_matches('0'))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month) of a day count since 1970-01-01.
+pub fn year_month_from_days(days: i64) -> (i64, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    (y, m)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+/// Parses an ISO 8601 date-time into microseconds since the epoch, UTC.
+///
+/// Accepted: `YYYY-MM-DD`, then optionally `T` or a space and `HH:MM[:SS[.fraction]]`, then
+/// optionally `Z` or `±HH:MM` / `±HHMM`. Without a zone the value is read at `naive_offset_secs`
+/// (UTC for FOCUS, UTC+8 for Tencent's native bills); FOCUS itself requires the `Z` form, and
+/// whether a file follows that is the validator's call, not the decoder's.
+pub fn parse_timestamp(s: &[u8], naive_offset_secs: i64) -> std::result::Result<i64, String> {
+    let bad = || {
+        Err(format!(
+            "not a date-time (expected YYYY-MM-DDTHH:MM:SSZ), got {:?}",
+            String::from_utf8_lossy(s)
+        ))
+    };
+    let num = |a: usize, b: usize| -> Option<i64> {
+        let part = s.get(a..b)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(
+            part.iter()
+                .fold(0i64, |acc, d| acc * 10 + (d - b'0') as i64),
+        )
+    };
+    if s.len() < 10 || s[4] != b'-' || s[7] != b'-' {
+        return bad();
+    }
+    let (Some(y), Some(mo), Some(d)) = (num(0, 4), num(5, 7), num(8, 10)) else {
+        return bad();
+    };
+    let mo = mo as u32;
+    let d = d as u32;
+    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) {
+        return Err(format!("not a real date: {:?}", String::from_utf8_lossy(s)));
+    }
+    let mut secs = days_from_civil(y, mo, d) * 86_400;
+    let mut micros = 0i64;
+    let mut i = 10;
+    if i < s.len() && (s[i] == b'T' || s[i] == b' ') {
+        let (Some(h), Some(mi)) = (num(i + 1, i + 3), num(i + 4, i + 6)) else {
+            return bad();
+        };
+        if s.get(i + 3) != Some(&b':') || h > 23 || mi > 59 {
+            return bad();
+        }
+        secs += h * 3600 + mi * 60;
+        i += 6;
+        if s.get(i) == Some(&b':') {
+            let Some(sec) = num(i + 1, i + 3) else {
+                return bad();
+            };
+            if sec > 59 {
+                return bad();
+            }
+            secs += sec;
+            i += 3;
+            if s.get(i) == Some(&b'.') {
+                i += 1;
+                let start = i;
+                while i < s.len() && s[i].is_ascii_digit() {
+                    if i - start < 6 {
+                        micros = micros * 10 + (s[i] - b'0') as i64;
+                    } else if s[i] != b'0' {
+                        return Err(format!(
+                            "date-time has sub-microsecond digits, which billpipe does not round: {:?}",
+                            String::from_utf8_lossy(s)
+                        ));
+                    }
+                    i += 1;
+                }
+                if i == start {
+                    return bad();
+                }
+                for _ in (i - start).min(6)..6 {
+                    micros *= 10;
+                }
+            }
+        }
+    }
+    let offset = match &s[i..] {
+        b"" => naive_offset_secs,
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), rest @ ..] => {
+            let (h, m) = match rest {
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
+                    let digits = [*h1, *h2, *m1, *m2];
+                    if !digits.iter().all(u8::is_ascii_digit) {
+                        return bad();
+                    }
+                    (
+                        ((h1 - b'0') * 10 + (h2 - b'0')) as i64,
+                        ((m1 - b'0') * 10 + (m2 - b'0')) as i64,
+                    )
+                }
+                [h1, h2] if h1.is_ascii_digit() && h2.is_ascii_digit() => {
+                    (((h1 - b'0') * 10 + (h2 - b'0')) as i64, 0)
+                }
+                _ => return bad(),
+            };
+            let o = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return bad(),
+    };
+    Ok((secs - offset) * 1_000_000 + micros)
+}
+
+/// Parses `+08:00` style offsets from configuration into seconds.
+pub fn parse_offset(text: &str) -> Result<i64> {
+    let micros = parse_timestamp(format!("1970-01-01T00:00:00{text}").as_bytes(), 0)
+        .map_err(|_| Error::Config(format!("bad UTC offset {text:?} (expected like +08:00)")))?;
+    Ok(-micros / 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> std::result::Result<i128, String> {
+        parse_decimal(s.as_bytes(), 38, 18)
+    }
+
+    const E18: i128 = 1_000_000_000_000_000_000;
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(dec("12.5").unwrap(), 12 * E18 + E18 / 2);
+        assert_eq!(dec("-0.00000001").unwrap(), -10_000_000_000);
+        assert_eq!(dec("0").unwrap(), 0);
+        assert_eq!(dec("+3").unwrap(), 3 * E18);
+        assert_eq!(dec(".5").unwrap(), E18 / 2);
+        assert_eq!(dec("35.2E-7").unwrap(), 3_520_000_000_000);
+        assert_eq!(dec("1e3").unwrap(), 1000 * E18);
+        // 15 fractional digits (FOCUS sample ConsumedQuantity), trailing zeros past the scale
+        assert_eq!(dec("0.002007490000000").unwrap(), 2_007_490_000_000_000);
+        assert_eq!(dec("2.00000000000000000000000000").unwrap(), 2 * E18);
+        assert!(dec("0.0000000000000000001")
+            .unwrap_err()
+            .contains("fractional"));
+        assert!(dec("100000000000000000000").is_err()); // 21 integer digits
+        assert_eq!(
+            dec("99999999999999999999").unwrap(),
+            99999999999999999999 * E18
+        );
+        for bad in ["", "-", "1.2.3", "abc", "1,000", "1e", "12 ", "$5"] {
+            assert!(dec(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_decimal(dec("-12.50").unwrap(), 18), "-12.5");
+        assert_eq!(format_decimal(dec("7").unwrap(), 18), "7");
+        assert_eq!(format_decimal(dec("-0.05").unwrap(), 18), "-0.05");
+    }
+
+    #[test]
+    fn timestamps_are_utc() {
+        let t = |s: &str| parse_timestamp(s.as_bytes(), 0);
+        let z = t("2025-11-30T15:59:59Z").unwrap();
+        assert_eq!(z, 1_764_518_399_000_000);
+        assert_eq!(t("2025-11-30 15:59:59").unwrap(), z);
+        assert_eq!(t("2025-11-30T23:59:59+08:00").unwrap(), z);
+        assert_eq!(t("2025-11-30T23:59:59+0800").unwrap(), z);
+        assert_eq!(
+            parse_timestamp(b"2025-11-30 23:59:59", 8 * 3600).unwrap(),
+            z
+        );
+        assert_eq!(t("2025-11-30T15:59:59.5Z").unwrap(), z + 500_000);
+        assert_eq!(
+            t("2025-11-30").unwrap(),
+            z - (15 * 3600 + 59 * 60 + 59) * 1_000_000
+        );
+        assert_eq!(t("1969-12-31T23:59:59Z").unwrap(), -1_000_000);
+        for bad in [
+            "2025-02-30T00:00:00Z",
+            "2025-13-01",
+            "30/11/2025",
+            "2025-11-30T24:00:00Z",
+            "2025-11-30T10:00:00 PST",
+            "x",
+        ] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_offset("+08:00").unwrap(), 8 * 3600);
+        assert_eq!(parse_offset("-05:30").unwrap(), -(5 * 3600 + 1800));
+        let days = days_from_civil(2024, 2, 29);
+        assert_eq!(year_month_from_days(days), (2024, 2));
+        assert_eq!(year_month_from_days(-1), (1969, 12));
+    }
+}

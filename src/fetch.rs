@@ -1,0 +1,95 @@
+//! The fetch stage: bytes of one object flow from the source, on a thread of their own, through
+//! a bounded channel to whoever decodes them. The channel bounds memory (at most
+//! `CHANNEL_CHUNKS` chunks in flight) and lets download and parsing overlap.
+//!
+//! [`FetchReader`] is the receiving end as a plain `std::io::Read`, so decoders are ordinary
+//! synchronous readers. A fetch error reaches the reader as an I/O error, so a truncated or
+//! failed download can never look like a complete file.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::{Buf, Bytes};
+use tokio::sync::mpsc;
+
+use crate::source::{ObjectInfo, Source};
+use crate::{Error, Result};
+
+pub const CHUNK_BYTES: usize = 1 << 20;
+const CHANNEL_CHUNKS: usize = 8;
+
+type Chunk = std::result::Result<Bytes, String>;
+
+/// Sending end, used by sources. `send` returns false once the reader has gone away.
+pub struct ChunkSender {
+    tx: mpsc::Sender<Chunk>,
+}
+
+impl ChunkSender {
+    /// From a plain thread.
+    pub fn send(&self, chunk: Bytes) -> bool {
+        self.tx.blocking_send(Ok(chunk)).is_ok()
+    }
+
+    /// From async code on the S3 runtime.
+    pub async fn send_async(&self, chunk: Bytes) -> bool {
+        self.tx.send(Ok(chunk)).await.is_ok()
+    }
+}
+
+/// Receiving end: the object's bytes as a reader.
+pub struct FetchReader {
+    rx: mpsc::Receiver<Chunk>,
+    current: Bytes,
+    done: bool,
+}
+
+impl Read for FetchReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while !self.current.has_remaining() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(message)) => {
+                    self.done = true;
+                    return Err(io::Error::other(message));
+                }
+                None => self.done = true,
+            }
+        }
+        let n = buf.len().min(self.current.remaining());
+        self.current.copy_to_slice(&mut buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Starts streaming `object` on a new thread. The thread's result is the byte count read.
+pub fn spawn(
+    source: Arc<dyn Source>,
+    object: ObjectInfo,
+) -> Result<(FetchReader, JoinHandle<Result<u64>>)> {
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let handle = std::thread::Builder::new()
+        .name("billpipe-fetch".into())
+        .spawn(move || {
+            let sender = ChunkSender { tx };
+            let result = source.stream(&object, &sender);
+            if let Err(e) = &result {
+                // Make the failure visible to the reader, not just a short file.
+                let _ = sender.tx.blocking_send(Err(e.to_string()));
+            }
+            result
+        })
+        .map_err(|e| Error::io("fetch thread", e))?;
+    Ok((
+        FetchReader {
+            rx,
+            current: Bytes::new(),
+            done: false,
+        },
+        handle,
+    ))
+}

@@ -1,0 +1,30 @@
+//! billpipe turns cloud bill files in an object-storage bucket (or a local folder) into a typed,
+//! Hive-partitioned Parquet lake, treating every bill file as a *snapshot* of one
+//! (account, billing month) so that totals are never double-counted.
+//!
+//! The crate is organised as the stages of one pipeline, each in its own module:
+//!
+//! ```text
+//! source ─▶ classify ─▶ plan ─▶ fetch ─▶ decode ─▶ validate ─▶ write ─▶ ledger (commit)
+//! ```
+//!
+//! `lake` is where output goes (local folder or S3), `report` what a run tells its operator,
+//! `run` wires the stages together, and `generate` makes realistic test and benchmark input.
+
+pub mod classify;
+pub mod decode;
+pub mod error;
+pub mod fetch;
+pub mod generate;
+pub mod lake;
+pub mod ledger;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod s3;
+pub mod schema;
+pub mod source;
+pub mod validate;
+pub mod write;
+
+pub use error::{Error, Result};

@@ -1,0 +1,129 @@
+//! S3-compatible access shared by the source (listing, reading) and the lake (writing): the URI
+//! form `s3://bucket/prefix`, the client settings object stores other than AWS need, and a small
+//! Tokio runtime so the rest of billpipe can stay synchronous and thread-based.
+//!
+//! Settings that matter for Tencent COS (and Garage, MinIO): the endpoint (`--endpoint` or
+//! `AWS_ENDPOINT_URL`), the provider's region code as signing region, virtual-hosted addressing
+//! unless `--path-style` (COS refuses path-style for buckets made after 2024-01-01), and SDK
+//! checksums only "when required" (COS and Garage reject the SDK's default aws-chunked
+//! streaming checksums).
+
+use std::sync::Arc;
+
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::Client;
+
+use crate::{Error, Result};
+
+/// `s3://bucket/prefix` split into its parts. The prefix is a folder: it is empty or ends in `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl S3Location {
+    pub fn parse(uri: &str) -> Option<S3Location> {
+        let rest = uri.strip_prefix("s3://")?;
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return None;
+        }
+        let mut prefix = prefix.trim_start_matches('/').to_string();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Some(S3Location {
+            bucket: bucket.to_string(),
+            prefix,
+        })
+    }
+
+    pub fn uri(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// Connection settings from the command line; everything else comes from the standard AWS
+/// environment and profile chain (credentials, `AWS_REGION`, `AWS_ENDPOINT_URL`).
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    /// ListObjectsV2 instead of the v1 marker listing COS documents.
+    pub list_v2: bool,
+}
+
+/// A client plus the runtime its futures run on.
+#[derive(Clone)]
+pub struct S3Context {
+    pub client: Client,
+    pub runtime: Arc<tokio::runtime::Runtime>,
+    pub options: S3Options,
+}
+
+impl S3Context {
+    pub fn connect(options: &S3Options) -> Result<S3Context> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("billpipe-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start the S3 runtime: {e}")))?;
+        let client = runtime.block_on(async {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(endpoint) = &options.endpoint {
+                loader = loader.endpoint_url(endpoint);
+            }
+            if let Some(region) = &options.region {
+                loader = loader.region(Region::new(region.clone()));
+            }
+            let shared = loader.load().await;
+            let config = aws_sdk_s3::config::Builder::from(&shared)
+                .force_path_style(options.path_style)
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+                .build();
+            if config.region().is_none() {
+                return Err(Error::Config(
+                    "no S3 region: pass --region or set AWS_REGION (for COS, the region code such as ap-guangzhou)".into(),
+                ));
+            }
+            Ok(Client::from_conf(config))
+        })?;
+        Ok(S3Context {
+            client,
+            runtime: Arc::new(runtime),
+            options: options.clone(),
+        })
+    }
+}
+
+/// The full message of an SDK error, including the service's code and message.
+pub fn describe<E: std::error::Error>(err: &E) -> String {
+    aws_sdk_s3::error::DisplayErrorContext(err).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_uris() {
+        assert_eq!(
+            S3Location::parse("s3://b/bills").unwrap(),
+            S3Location {
+                bucket: "b".into(),
+                prefix: "bills/".into()
+            }
+        );
+        assert_eq!(S3Location::parse("s3://b").unwrap().prefix, "");
+        assert_eq!(S3Location::parse("s3://b/").unwrap().prefix, "");
+        assert!(S3Location::parse("s3:///x").is_none());
+        assert!(S3Location::parse("/tmp/x").is_none());
+    }
+}

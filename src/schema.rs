@@ -1,0 +1,127 @@
+//! FOCUS schemas as data: `schemas/focus-<version>.toml` lists every column with its type,
+//! feature level, nullability and allowed values. This module only loads them; what the types
+//! mean for Arrow lives in `decode`, what the rules mean in `validate`.
+//!
+//! Schemas are looked up beside the pipeline file (`<pipeline dir>/../schemas/`); when that folder
+//! does not exist (an installed binary run outside the repository) the copies compiled into the
+//! binary are used, so `billpipe` works from any directory.
+
+use std::path::{Path, PathBuf};
+
+use arrow_schema::{DataType, TimeUnit};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Decimal,
+    Timestamp,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureLevel {
+    Mandatory,
+    Conditional,
+    Recommended,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    pub feature_level: FeatureLevel,
+    pub nullable: bool,
+    #[serde(default)]
+    pub allowed_values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Schema {
+    pub version: String,
+    pub decimal_precision: u8,
+    pub decimal_scale: i8,
+    #[serde(rename = "column")]
+    pub columns: Vec<ColumnDef>,
+}
+
+/// Schemas shipped in the binary, for runs outside the repository.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("focus-1.0", include_str!("../schemas/focus-1.0.toml")),
+    ("focus-1.1", include_str!("../schemas/focus-1.1.toml")),
+    ("focus-1.2", include_str!("../schemas/focus-1.2.toml")),
+];
+
+impl Schema {
+    /// Loads `name` (e.g. `focus-1.1`) from `dir` if given and present, else the embedded copy.
+    pub fn load(name: &str, dir: Option<&Path>) -> Result<Schema> {
+        if let Some(dir) = dir {
+            let path: PathBuf = dir.join(format!("{name}.toml"));
+            if path.exists() {
+                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+                return Schema::parse(&text, &path.display().to_string());
+            }
+        }
+        match EMBEDDED.iter().find(|(n, _)| *n == name) {
+            Some((_, text)) => Schema::parse(text, &format!("embedded schema {name}")),
+            None => Err(Error::Config(format!("unknown schema {name:?}"))),
+        }
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Schema> {
+        let schema: Schema =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        if schema.decimal_precision == 0 || schema.decimal_precision > 38 {
+            return Err(Error::Config(format!(
+                "{origin}: decimal_precision must be 1..=38"
+            )));
+        }
+        if schema.decimal_scale < 0 || schema.decimal_scale as u8 > schema.decimal_precision {
+            return Err(Error::Config(format!(
+                "{origin}: decimal_scale must be 0..=decimal_precision"
+            )));
+        }
+        Ok(schema)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The Arrow type billpipe writes for a column of this schema.
+    pub fn arrow_type(&self, ty: ColumnType) -> DataType {
+        match ty {
+            ColumnType::String | ColumnType::Json => DataType::Utf8,
+            ColumnType::Decimal => DataType::Decimal128(self.decimal_precision, self.decimal_scale),
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_schemas_load_and_type_money_as_decimal() {
+        for name in ["focus-1.0", "focus-1.1", "focus-1.2"] {
+            let s = Schema::load(name, None).unwrap();
+            let billed = s.column("BilledCost").unwrap();
+            assert_eq!(billed.ty, ColumnType::Decimal);
+            assert_eq!(billed.feature_level, FeatureLevel::Mandatory);
+            assert_eq!(s.arrow_type(billed.ty), DataType::Decimal128(38, 18));
+            assert_eq!(s.column("BillingAccountId").unwrap().ty, ColumnType::String);
+        }
+        let v11 = Schema::load("focus-1.1", None).unwrap();
+        assert!(v11.column("CapacityReservationId").is_some());
+        assert!(Schema::load("focus-1.0", None)
+            .unwrap()
+            .column("CapacityReservationId")
+            .is_none());
+    }
+}

@@ -1,0 +1,226 @@
+//! Helpers shared by the integration tests: running the real binary, summing a lake's
+//! BilledCost per partition from its Parquet files, and summing a source CSV independently
+//! (with rust_decimal, not billpipe's own decimal parser) to compare against.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+use arrow_array::{Array, Decimal128Array, StringArray};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rust_decimal::Decimal;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_billpipe")
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn billpipe(args: &[&str]) -> Output {
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run billpipe");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `billpipe run` and returns the output and the parsed JSON report.
+pub fn run_job(source: &str, dest: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let report_path = report.path().to_str().unwrap().to_string();
+    let mut args = vec![
+        "run",
+        "--source",
+        source,
+        "--dest",
+        dest,
+        "--report",
+        &report_path,
+    ];
+    args.extend_from_slice(extra);
+    let out = billpipe(&args);
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&report_path).unwrap_or_default(),
+    )
+    .unwrap_or_else(|_| {
+        panic!(
+            "no report; stdout:\n{}\nstderr:\n{}",
+            out.stdout, out.stderr
+        )
+    });
+    (out, json)
+}
+
+/// (rows, exact BilledCost sum) per (billing_period, billing_account_id) partition.
+pub type Sums = BTreeMap<(String, String), (u64, Decimal)>;
+
+fn partition_of(rel: &str) -> Option<(String, String)> {
+    let mut period = None;
+    let mut account = None;
+    for seg in rel.split('/') {
+        if let Some(p) = seg.strip_prefix("billing_period=") {
+            period = Some(p.to_string());
+        }
+        if let Some(a) = seg.strip_prefix("billing_account_id=") {
+            account = Some(a.to_string());
+        }
+    }
+    Some((period?, account?))
+}
+
+/// Adds one Parquet file's rows and BilledCost to `sums`.
+pub fn add_parquet(sums: &mut Sums, rel: &str, data: Bytes) {
+    let key = partition_of(rel).unwrap_or_else(|| panic!("not a partition path: {rel}"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
+        .unwrap()
+        .build()
+        .unwrap();
+    let entry = sums.entry(key.clone()).or_insert((0, Decimal::ZERO));
+    for batch in reader {
+        let batch = batch.unwrap();
+        let cost = batch
+            .column_by_name("BilledCost")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .unwrap();
+        let accounts = batch
+            .column_by_name("BillingAccountId")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            assert_eq!(
+                accounts.value(i),
+                key.1,
+                "row in the wrong account partition"
+            );
+            if cost.is_valid(i) {
+                entry.1 += Decimal::from_i128_with_scale(cost.value(i), 18);
+            }
+        }
+        entry.0 += batch.num_rows() as u64;
+    }
+}
+
+/// Every `billing_period=*/**/*.parquet` file of a local lake, as a reader globbing would see it.
+pub fn lake_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with("billing_period=")
+        {
+            walk(&e.path(), &mut out);
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn local_lake_sums(dir: &Path) -> Sums {
+    let mut sums = Sums::new();
+    for f in lake_files(dir) {
+        let rel = f.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        add_parquet(&mut sums, &rel, Bytes::from(std::fs::read(&f).unwrap()));
+    }
+    sums
+}
+
+/// Rows that parse and their exact BilledCost sum, per account, straight from a source CSV.
+/// Rows whose BilledCost does not parse are counted separately (they must be quarantined).
+pub struct CsvTotals {
+    pub rows: u64,
+    pub bad_rows: u64,
+    pub billed: Decimal,
+}
+
+pub fn csv_totals(path: &Path) -> CsvTotals {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let idx = headers
+        .iter()
+        .position(|h| h.trim_start_matches('\u{feff}') == "BilledCost")
+        .unwrap();
+    let mut t = CsvTotals {
+        rows: 0,
+        bad_rows: 0,
+        billed: Decimal::ZERO,
+    };
+    for rec in reader.records() {
+        let rec = rec.unwrap();
+        let v = &rec[idx];
+        if v.is_empty() || v == "NULL" || v == "-" {
+            t.rows += 1;
+            continue;
+        }
+        match Decimal::from_str_exact(v).or_else(|_| Decimal::from_str(v)) {
+            Ok(d) if v.chars().filter(|c| *c == '.').count() <= 1 => {
+                t.rows += 1;
+                t.billed += d;
+            }
+            _ => t.bad_rows += 1,
+        }
+    }
+    t
+}
+
+/// Copies a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// Path, size and modification time of every file under `dir`.
+pub fn snapshot_of_files(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    fn walk(d: &Path, out: &mut BTreeMap<PathBuf, (u64, std::time::SystemTime)>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                walk(&p, out);
+            } else {
+                out.insert(p, (m.len(), m.modified().unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, &mut out);
+    out
+}
