@@ -14,8 +14,9 @@ use aws_smithy_types::byte_stream::Length;
 use crate::s3::{describe, S3Context, S3Location};
 use crate::{Error, Result};
 
-/// Files above this go up in parts of this size.
+/// Files above this go up in parts of this size, unless `S3Options::part_bytes` says otherwise.
 const MULTIPART_BYTES: u64 = 16 << 20;
+const MIN_PART_BYTES: u64 = 5 << 20;
 
 pub trait Lake: Send + Sync {
     fn uri(&self) -> String;
@@ -33,11 +34,16 @@ pub trait Lake: Send + Sync {
 }
 
 /// Opens `--dest`: `s3://bucket/prefix` or a local folder (created if missing).
-pub fn open(uri: &str, s3: impl FnOnce() -> Result<S3Context>) -> Result<Box<dyn Lake>> {
+/// `writable: false` (for `plan`) creates and clears nothing.
+pub fn open(
+    uri: &str,
+    writable: bool,
+    s3: impl FnOnce() -> Result<S3Context>,
+) -> Result<Box<dyn Lake>> {
     match S3Location::parse(uri) {
         Some(location) => Ok(Box::new(S3Lake::new(location, s3()?)?)),
         None if uri.starts_with("s3://") => Err(Error::Config(format!("bad S3 URI {uri:?}"))),
-        None => Ok(Box::new(LocalLake::new(PathBuf::from(uri))?)),
+        None => Ok(Box::new(LocalLake::new(PathBuf::from(uri), writable)?)),
     }
 }
 
@@ -47,8 +53,11 @@ pub struct LocalLake {
 }
 
 impl LocalLake {
-    pub fn new(root: PathBuf) -> Result<LocalLake> {
+    pub fn new(root: PathBuf, writable: bool) -> Result<LocalLake> {
         let staging = root.join("_billpipe").join("staging");
+        if !writable {
+            return Ok(LocalLake { root, staging });
+        }
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         // Anything here was left by a run that died before publishing: it was never visible.
         if let Ok(entries) = std::fs::read_dir(&staging) {
@@ -158,16 +167,22 @@ pub struct S3Lake {
     location: S3Location,
     ctx: S3Context,
     staging: PathBuf,
+    part_bytes: u64,
 }
 
 impl S3Lake {
     pub fn new(location: S3Location, ctx: S3Context) -> Result<S3Lake> {
         let staging = std::env::temp_dir().join(format!("billpipe-staging-{}", std::process::id()));
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let part_bytes = match ctx.options.part_bytes {
+            0 => MULTIPART_BYTES,
+            n => n.max(MIN_PART_BYTES),
+        };
         Ok(S3Lake {
             location,
             ctx,
             staging,
+            part_bytes,
         })
     }
 
@@ -203,7 +218,7 @@ impl S3Lake {
             let mut offset = 0u64;
             let mut number = 1;
             while offset < size {
-                let len = MULTIPART_BYTES.min(size - offset);
+                let len = self.part_bytes.min(size - offset);
                 let body = ByteStream::read_from()
                     .path(staged)
                     .offset(offset)
@@ -284,7 +299,7 @@ impl Lake for S3Lake {
             .map_err(|e| Error::io(staged, e))?
             .len();
         self.ctx.runtime.block_on(async {
-            if size > MULTIPART_BYTES {
+            if size > self.part_bytes {
                 self.multipart(staged, &key, size).await
             } else {
                 let body = ByteStream::from_path(staged)

@@ -59,6 +59,9 @@ struct JobArgs {
     /// List with ListObjectsV2 instead of v1 markers (COS documents only v1)
     #[arg(long)]
     list_v2: bool,
+    /// Upload lake files above this size in parts of this size (MiB, at least 5)
+    #[arg(long, default_value_t = 16)]
+    part_mb: u64,
     /// zstd level of the Parquet files
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
@@ -132,6 +135,7 @@ fn job(args: JobArgs, plan_only: bool) -> Result<i32> {
             region: args.region.clone(),
             path_style: args.path_style,
             list_v2: args.list_v2,
+            part_bytes: args.part_mb << 20,
         },
         write: WriteOptions {
             zstd_level: args.zstd_level,

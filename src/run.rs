@@ -69,7 +69,7 @@ struct Context {
     period_offset_secs: i64,
 }
 
-fn open(opts: &RunOptions) -> Result<Context> {
+fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     let pipeline = Pipeline::load(opts.pipeline.as_deref())?;
     // One S3 client for source and destination, made only if either needs it.
     let shared: Mutex<Option<S3Context>> = Mutex::new(None);
@@ -85,7 +85,7 @@ fn open(opts: &RunOptions) -> Result<Context> {
         Ok(ctx)
     };
     let source: Arc<dyn Source> = Arc::from(source::open(&opts.source, s3)?);
-    let lake = lake::open(&opts.dest, s3)?;
+    let lake = lake::open(&opts.dest, writable, s3)?;
     let ledger = Ledger::load(lake.as_ref())?;
     let decode = DecodeOptions {
         delimiter: pipeline.csv.delimiter.as_bytes()[0],
@@ -158,7 +158,7 @@ fn outcome_of(action: Action) -> Outcome {
 pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
     let start = Instant::now();
     let mut report = new_report("plan", opts);
-    let ctx = open(opts)?;
+    let ctx = open(opts, false)?;
     report.pipeline = ctx.pipeline.origin.clone();
     let listing = ctx.source.list()?;
     for p in plan::plan(&ctx.pipeline, &listing, &ctx.ledger) {
@@ -175,7 +175,7 @@ pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let start = Instant::now();
     let mut report = new_report("run", opts);
-    let mut ctx = open(opts)?;
+    let mut ctx = open(opts, true)?;
     report.pipeline = ctx.pipeline.origin.clone();
     let listing = match ctx.source.list() {
         Ok(l) => l,
@@ -378,6 +378,12 @@ fn commit(
     let mut total_cost: i128 = 0;
     let mut rows = 0;
     for part in &staged.parts {
+        if part.partition.period != bill.unit.month {
+            entry.notes.push(format!(
+                "{} rows have billing period {}, not the {} the file name says",
+                part.rows, part.partition.period, bill.unit.month
+            ));
+        }
         let rel = format!("{}/{stem}.parquet", part.partition.dir());
         ctx.lake.publish(&part.staged, &rel)?;
         total_cost += part.billed_cost;

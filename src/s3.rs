@@ -56,6 +56,9 @@ pub struct S3Options {
     pub path_style: bool,
     /// ListObjectsV2 instead of the v1 marker listing COS documents.
     pub list_v2: bool,
+    /// Lake files larger than this are uploaded in parts of this size (0 = the default,
+    /// 16 MiB; S3 and COS need at least 5 MiB per part).
+    pub part_bytes: u64,
 }
 
 /// A client plus the runtime its futures run on.

@@ -160,6 +160,17 @@ impl PartitionedWriter {
         }
     }
 
+    /// [start, end) in UTC microseconds of the partition month holding `micros`.
+    fn month_bounds(&self, micros: i64) -> (i64, i64) {
+        const DAY: i64 = 86_400_000_000;
+        let (y, m) = year_month_from_days((micros + self.period_offset_micros).div_euclid(DAY));
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        (
+            days_from_civil(y, m, 1) * DAY - self.period_offset_micros,
+            days_from_civil(ny, nm, 1) * DAY - self.period_offset_micros,
+        )
+    }
+
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
@@ -176,24 +187,10 @@ impl PartitionedWriter {
             .ok_or_else(|| Error::Config("account column is not a string".into()))?;
         // Bills are almost always one partition per file: check cheaply before grouping.
         let first = self.partition_of(periods, accounts, 0);
-        let month_start = {
-            let (y, m): (i64, u32) = (
-                first.period[..4].parse().unwrap_or(0),
-                first.period[5..].parse().unwrap_or(1),
-            );
-            days_from_civil(y, m, 1) * 86_400_000_000 - self.period_offset_micros
-        };
-        let month_end = {
-            let (y, m): (i64, u32) = (
-                first.period[..4].parse().unwrap_or(0),
-                first.period[5..].parse().unwrap_or(1),
-            );
-            let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            days_from_civil(y, m, 1) * 86_400_000_000 - self.period_offset_micros
-        };
+        let (start, end) = self.month_bounds(periods.value(0));
         let same = (0..batch.num_rows()).all(|r| {
             let p = periods.value(r);
-            p >= month_start && p < month_end && accounts.value(r) == first.account
+            p >= start && p < end && accounts.value(r) == first.account
         });
         if same {
             return self.write_part(first, batch);

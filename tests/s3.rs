@@ -12,6 +12,9 @@ use billpipe::generate::{object_name, write_focus_csv, GenerateOptions};
 use billpipe::s3::{S3Context, S3Options};
 use common::*;
 
+/// Rows per day that make a Parquet file over 5 MiB (about 40 MB of CSV).
+const ROWS_FOR_MULTIPART: u64 = 2600;
+
 fn endpoint() -> String {
     std::env::var("BILLPIPE_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
         panic!("no S3 test server: run the suite with scripts/test.sh (or `scripts/s3-server.sh start && source target/garage/env`)")
@@ -24,6 +27,7 @@ fn ctx() -> S3Context {
         region: Some("garage".into()),
         path_style: true,
         list_v2: false,
+        part_bytes: 0,
     })
     .unwrap()
 }
@@ -320,4 +324,49 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+#[test]
+fn large_lake_files_go_up_as_multipart_uploads() {
+    let ctx = ctx();
+    let src = new_bucket(&ctx, "big");
+    let dst = new_bucket(&ctx, "biglake");
+    let work = tempfile::tempdir().unwrap();
+    let account = "100000000009";
+    let name = object_name(account, "2025-10", None).unwrap();
+    let path = work.path().join(&name);
+    let opts = GenerateOptions {
+        account: account.into(),
+        month: "2025-10".into(),
+        through_day: None,
+        rows_per_day: ROWS_FOR_MULTIPART,
+        seed: 5,
+        bad_rows: vec![],
+        restated: false,
+    };
+    write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
+    put(&ctx, &src, &name, std::fs::read(&path).unwrap());
+    let mut args = s3_args();
+    args.extend(["--part-mb".to_string(), "5".to_string()]);
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, _) = run_job(&format!("s3://{src}"), &format!("s3://{dst}"), &extra);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let objects = list(&ctx, &dst, "billing_period=");
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let (key, (etag, _)) = objects.iter().next().unwrap();
+    let size = ctx
+        .runtime
+        .block_on(ctx.client.head_object().bucket(&dst).key(key).send())
+        .unwrap()
+        .content_length()
+        .unwrap();
+    assert!(
+        size > 5 << 20,
+        "the Parquet file ({size} bytes) must exceed one part"
+    );
+    assert!(etag.contains('-'), "multipart ETag expected, got {etag}");
+    assert_sums(
+        &s3_lake_sums(&ctx, &dst, ""),
+        &[("2025-10", account, &csv_totals(&path))],
+    );
 }

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Benchmark: billpipe vs DuckDB on the same job, same machine, same run.
+#
+# Generates a realistic Tencent FOCUS monthly file of about BENCH_MB megabytes (default 1000),
+# then times `billpipe run` (local folder -> local lake) and DuckDB (CSV -> typed, zstd,
+# Hive-partitioned Parquet with the same types and partition rule), each under /usr/bin/time -v,
+# and prints throughput (MB/s of CSV input), peak RSS and the ratio. Both lakes' BilledCost sums
+# are compared, so a fast wrong answer cannot pass.
+#
+# Needs: python3 with duckdb (pip install duckdb), /usr/bin/time (Debian package `time`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mb=${BENCH_MB:-1000}
+work=${BENCH_DIR:-bench-work}
+python3 -c 'import duckdb' 2>/dev/null || pip install -q duckdb
+cargo build --release -q
+bin=target/release/billpipe
+
+mkdir -p "$work/src"
+csv=$(ls "$work"/src/*.CSV 2>/dev/null | head -1 || true)
+if [ -z "$csv" ] || [ "$(stat -c %s "$csv")" -lt $((mb * 900000)) ] || [ "$(stat -c %s "$csv")" -gt $((mb * 1100000)) ]; then
+  rm -rf "$work/src" && mkdir -p "$work/src"
+  "$bin" generate --month 2025-12 --target-mb "$mb" --seed 11 --out-dir "$work/src"
+  csv=$(ls "$work"/src/*.CSV | head -1)
+fi
+bytes=$(stat -c %s "$csv")
+echo "input: $csv ($bytes bytes)"
+
+measure() { # name, command...
+  local name=$1; shift
+  local log="$work/$name.time"
+  sync
+  /usr/bin/time -v "$@" > "$work/$name.out" 2> "$log" || {
+    code=$?; [ "$code" -eq 3 ] || { cat "$log"; exit 1; }
+  }
+  local wall rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$log")
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+  echo "$name $wall $rss"
+}
+
+rm -rf "$work/lake-billpipe" "$work/lake-duckdb"
+read -r _ bp_wall bp_rss < <(measure billpipe "$bin" run --source "$work/src" --dest "$work/lake-billpipe")
+read -r _ dd_wall dd_rss < <(measure duckdb python3 bench/duckdb_job.py schemas/focus-1.1.toml "$csv" "$work/lake-duckdb")
+
+python3 - "$bytes" "$bp_wall" "$bp_rss" "$dd_wall" "$dd_rss" "$work" <<'PY'
+import sys, duckdb
+size, bw, br, dw, dr, work = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+mb = size / 1e6
+con = duckdb.connect()
+def total(lake):
+    return con.execute(f"select count(*), sum(BilledCost) from read_parquet('{lake}/billing_period=*/**/*.parquet', hive_partitioning=true, union_by_name=true)").fetchone()
+tb, td = total(f"{work}/lake-billpipe"), total(f"{work}/lake-duckdb")
+print(f"{'':10} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12}")
+print(f"{'billpipe':10} {bw:8.2f} {mb/bw:8.1f} {br/1024:12.0f}")
+print(f"{'duckdb':10} {dw:8.2f} {mb/dw:8.1f} {dr/1024:12.0f}")
+print(f"throughput ratio billpipe/duckdb: {dw/bw:.2f}x; peak RSS ratio: {br/dr:.2f}")
+print(f"rows, BilledCost: billpipe {tb}  duckdb {td}")
+if tb != td:
+    sys.exit("totals differ between billpipe and DuckDB")
+PY
