@@ -15,9 +15,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BinaryBuilder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
 use csv::ByteRecord;
 
@@ -196,6 +196,7 @@ pub struct CsvDecoder<R: Read> {
     /// The CSV parser ends a CRLF record at the `\r` and counts the `\n` into the next record's
     /// start, which makes its line numbers one short in CRLF files; corrected here.
     crlf_line_shift: u64,
+    empty_is_null: bool,
     layout: Arc<Layout>,
     key: String,
     header_len: usize,
@@ -249,6 +250,7 @@ impl<R: Read> CsvDecoder<R> {
         Ok(CsvDecoder {
             reader,
             crlf_line_shift: u64::from(crlf),
+            empty_is_null: options.null_values.iter().any(Vec::is_empty),
             header_len: header.len(),
             scratch: vec![Value::Null; layout.columns.len()],
             layout: Arc::new(layout),
@@ -266,10 +268,17 @@ impl<R: Read> CsvDecoder<R> {
     }
 
     fn is_null(&self, field: &[u8]) -> bool {
-        self.options
-            .null_values
-            .iter()
-            .any(|n| n.as_slice() == field)
+        // Hot: runs for every field. Most fields are empty or short, and a libc memcmp call per
+        // field (made even for empty slices) cost a fifth of decode time; the first-byte check
+        // avoids nearly all of them.
+        match field.first() {
+            None => self.empty_is_null,
+            Some(first) => self
+                .options
+                .null_values
+                .iter()
+                .any(|n| n.len() == field.len() && n[0] == *first && n.as_slice() == field),
+        }
     }
 
     /// Parses the current record into `scratch`; returns the problems found (empty = loadable).
@@ -361,8 +370,8 @@ impl<R: Read> CsvDecoder<R> {
                 match (self.scratch[c], b) {
                     (Value::Null, b) => b.append_null(),
                     (Value::Text, Builder::Utf8(b)) => {
-                        let field = src.map(|s| &self.record[s]).unwrap_or(b"");
-                        b.append_value(String::from_utf8_lossy(field));
+                        // Checked as UTF-8 in parse_record; the array is re-checked in bulk.
+                        b.append_value(src.map(|s| &self.record[s]).unwrap_or(b""));
                     }
                     (Value::Decimal(v), Builder::Decimal(b)) => b.append_value(v),
                     (Value::Micros(v), Builder::Timestamp(b)) => b.append_value(v),
@@ -376,7 +385,10 @@ impl<R: Read> CsvDecoder<R> {
         if rows == 0 && problems.is_empty() {
             return Ok(None);
         }
-        let mut arrays: Vec<ArrayRef> = builders.into_iter().map(Builder::finish).collect();
+        let mut arrays = Vec::with_capacity(builders.len() + 2);
+        for b in builders {
+            arrays.push(b.finish()?);
+        }
         arrays.push(Arc::new(keys.finish()));
         arrays.push(Arc::new(lines.finish()));
         let batch = RecordBatch::try_new(self.layout.schema.clone(), arrays)?;
@@ -418,7 +430,9 @@ fn peek_first_line(input: &mut impl Read) -> std::io::Result<(Vec<u8>, bool)> {
 }
 
 enum Builder {
-    Utf8(StringBuilder),
+    /// Strings are collected as bytes and turned into a `StringArray` once per batch, so the
+    /// UTF-8 check runs over the whole buffer instead of once more per value.
+    Utf8(BinaryBuilder),
     Decimal(Decimal128Builder),
     Timestamp(TimestampMicrosecondBuilder),
 }
@@ -426,7 +440,7 @@ enum Builder {
 impl Builder {
     fn new(kind: Kind, rows: usize, precision: u8, scale: i8) -> Builder {
         match kind {
-            Kind::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::Utf8 => Builder::Utf8(BinaryBuilder::with_capacity(rows, rows * 16)),
             Kind::Decimal => Builder::Decimal(
                 Decimal128Builder::with_capacity(rows)
                     .with_precision_and_scale(precision, scale)
@@ -446,12 +460,15 @@ impl Builder {
         }
     }
 
-    fn finish(self) -> ArrayRef {
-        match self {
-            Builder::Utf8(mut b) => Arc::new(b.finish()),
+    fn finish(self) -> Result<ArrayRef> {
+        Ok(match self {
+            Builder::Utf8(mut b) => {
+                let (offsets, values, nulls) = b.finish().into_parts();
+                Arc::new(StringArray::try_new(offsets, values, nulls)?)
+            }
             Builder::Decimal(mut b) => Arc::new(b.finish()),
             Builder::Timestamp(mut b) => Arc::new(b.finish()),
-        }
+        })
     }
 }
 
