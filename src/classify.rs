@@ -38,6 +38,13 @@ pub struct CsvOptions {
     /// UTC offset of date-times written without a zone (`+08:00` for Beijing time).
     #[serde(default = "default_offset")]
     pub naive_time_offset: String,
+    /// A line or record longer than this rejects the file.
+    #[serde(default = "default_max_record")]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record() -> usize {
+    8 << 20
 }
 
 fn default_delimiter() -> String {

@@ -36,6 +36,8 @@ pub struct DecodeOptions {
     pub naive_offset_secs: i64,
     /// Rows per record batch.
     pub batch_rows: usize,
+    /// A line or record longer than this rejects the file (bounds memory on garbage input).
+    pub max_record_bytes: usize,
 }
 
 impl Default for DecodeOptions {
@@ -45,6 +47,7 @@ impl Default for DecodeOptions {
             null_values: vec![Vec::new()],
             naive_offset_secs: 0,
             batch_rows: 16 * 1024,
+            max_record_bytes: 8 << 20,
         }
     }
 }
@@ -96,20 +99,20 @@ impl Layout {
         for (i, name) in header.iter().enumerate() {
             if name.is_empty() {
                 return Err(Error::Rejected(format!(
-                    "header: column {} has no name",
+                    "line 1: header column {} has no name",
                     i + 1
                 )));
             }
             if let Some(first) = seen.insert(name.as_str(), i) {
                 return Err(Error::Rejected(format!(
-                    "header: column name {name:?} appears twice (columns {} and {})",
+                    "line 1: header column name {name:?} appears twice (columns {} and {})",
                     first + 1,
                     i + 1
                 )));
             }
             if name == SOURCE_KEY_COLUMN || name == SOURCE_LINE_COLUMN {
                 return Err(Error::Rejected(format!(
-                    "header: column {name} is reserved for billpipe's lineage"
+                    "line 1: header column {name} is reserved for billpipe's lineage"
                 )));
             }
         }
@@ -192,7 +195,7 @@ pub struct DecodedBatch {
 
 /// Reads CSV and yields record batches in the layout decided by its header.
 pub struct CsvDecoder<R: Read> {
-    reader: csv::Reader<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>,
+    reader: csv::Reader<Guard<std::io::Chain<std::io::Cursor<Vec<u8>>, R>>>,
     /// The CSV parser ends a CRLF record at the `\r` and counts the `\n` into the next record's
     /// start, which makes its line numbers one short in CRLF files; corrected here.
     crlf_line_shift: u64,
@@ -206,6 +209,9 @@ pub struct CsvDecoder<R: Read> {
     record: ByteRecord,
     scratch: Vec<Value>,
     finished: bool,
+    /// Data rows read so far (loaded or not) and the line the last one started on.
+    rows_seen: u64,
+    last_line: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -221,7 +227,10 @@ impl<R: Read> CsvDecoder<R> {
     pub fn new(mut input: R, key: &str, schema: &Schema, options: DecodeOptions) -> Result<Self> {
         let (first_line, crlf) = peek_first_line(&mut input)
             .map_err(|e| Error::Rejected(format!("line 1: cannot read the header: {e}")))?;
-        let input = std::io::Cursor::new(first_line).chain(input);
+        let input = Guard::new(
+            std::io::Cursor::new(first_line).chain(input),
+            options.max_record_bytes,
+        );
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(options.delimiter)
             .has_headers(false)
@@ -232,7 +241,19 @@ impl<R: Read> CsvDecoder<R> {
             .read_byte_record(&mut raw)
             .map_err(|e| Error::Rejected(format!("line 1: cannot read the header: {e}")))?;
         if !has_header {
-            return Err(Error::Rejected("empty file: no header line".into()));
+            return Err(Error::Rejected("line 1: empty file, no header".into()));
+        }
+        if raw.len() == 1 {
+            let only = String::from_utf8_lossy(&raw[0]);
+            let wanted = options.delimiter as char;
+            let other = [';', '\t', '|', ',']
+                .into_iter()
+                .find(|d| *d != wanted && only.contains(*d));
+            if let Some(d) = other {
+                return Err(Error::Rejected(format!(
+                    "line 1: the header is a single column; the file looks {d:?}-delimited but the pipeline expects {wanted:?}"
+                )));
+            }
         }
         let mut header = Vec::with_capacity(raw.len());
         for (i, field) in raw.iter().enumerate() {
@@ -260,6 +281,8 @@ impl<R: Read> CsvDecoder<R> {
             scale: schema.decimal_scale,
             record: ByteRecord::new(),
             finished: false,
+            rows_seen: 0,
+            last_line: 1,
         })
     }
 
@@ -281,8 +304,28 @@ impl<R: Read> CsvDecoder<R> {
         }
     }
 
-    /// Parses the current record into `scratch`; returns the problems found (empty = loadable).
-    fn parse_record(&mut self, line: u64, problems: &mut Vec<RowProblem>) -> bool {
+    /// Parses the current record into `scratch`. Returns whether the row is loadable (its
+    /// problems are added to `problems`), or an error that rejects the whole file.
+    fn parse_record(&mut self, line: u64, problems: &mut Vec<RowProblem>) -> Result<bool> {
+        // One UTF-8 check over the whole record (string fields are not checked again one by one;
+        // the batch's string arrays are re-checked in bulk). Bytes that are not UTF-8 mean the
+        // file is in another encoding: that is a file problem, not a row problem.
+        if std::str::from_utf8(self.record.as_slice()).is_err() {
+            let column = (0..self.record.len())
+                .find(|i| std::str::from_utf8(&self.record[*i]).is_err())
+                .map(|i| self.header_name(i))
+                .unwrap_or_default();
+            return Err(Error::Rejected(format!(
+                "line {line}, column {column}: not valid UTF-8 (is the file in another encoding, such as GBK?)"
+            )));
+        }
+        if self.record.as_slice().len() > self.options.max_record_bytes {
+            return Err(Error::Rejected(format!(
+                "line {line}: a record of {} bytes exceeds the limit of {} bytes",
+                self.record.as_slice().len(),
+                self.options.max_record_bytes
+            )));
+        }
         let mut ok = true;
         if self.record.len() != self.header_len {
             problems.push(RowProblem {
@@ -295,7 +338,7 @@ impl<R: Read> CsvDecoder<R> {
                     self.header_len
                 ),
             });
-            return false;
+            return Ok(false);
         }
         for (c, col) in self.layout.columns.iter().enumerate() {
             let Some(src) = col.source else {
@@ -308,9 +351,7 @@ impl<R: Read> CsvDecoder<R> {
                 continue;
             }
             let parsed = match col.kind {
-                Kind::Utf8 => std::str::from_utf8(field)
-                    .map(|_| Value::Text)
-                    .map_err(|_| "not valid UTF-8".to_string()),
+                Kind::Utf8 => Ok(Value::Text),
                 Kind::Decimal => {
                     parse_decimal(field, self.precision, self.scale).map(Value::Decimal)
                 }
@@ -331,7 +372,16 @@ impl<R: Read> CsvDecoder<R> {
                 }
             }
         }
-        ok
+        Ok(ok)
+    }
+
+    fn header_name(&self, source_index: usize) -> String {
+        self.layout
+            .columns
+            .iter()
+            .find(|c| c.source == Some(source_index))
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| format!("#{}", source_index + 1))
     }
 
     fn next_batch(&mut self) -> Result<Option<DecodedBatch>> {
@@ -350,19 +400,22 @@ impl<R: Read> CsvDecoder<R> {
         let mut problems = Vec::new();
         let mut rows = 0;
         while rows < n {
-            let more = self
-                .reader
-                .read_byte_record(&mut self.record)
-                .map_err(|e| {
-                    let line = e.position().map(|p| p.line()).unwrap_or(0);
-                    Error::Rejected(format!("line {line}: unreadable CSV: {e}"))
-                })?;
+            let more = match self.reader.read_byte_record(&mut self.record) {
+                Ok(more) => more,
+                Err(e) => {
+                    let line = e.position().map(|p| p.line()).unwrap_or(self.last_line + 1);
+                    return Err(Error::Rejected(format!("line {line}: unreadable CSV: {e}")));
+                }
+            };
             if !more {
                 self.finished = true;
+                self.check_end()?;
                 break;
             }
             let line = self.record.position().map(|p| p.line()).unwrap_or(0) + self.crlf_line_shift;
-            if !self.parse_record(line, &mut problems) {
+            self.rows_seen += 1;
+            self.last_line = line;
+            if !self.parse_record(line, &mut problems)? {
                 continue;
             }
             for (c, b) in builders.iter_mut().enumerate() {
@@ -393,6 +446,66 @@ impl<R: Read> CsvDecoder<R> {
         arrays.push(Arc::new(lines.finish()));
         let batch = RecordBatch::try_new(self.layout.schema.clone(), arrays)?;
         Ok(Some(DecodedBatch { batch, problems }))
+    }
+}
+
+impl<R: Read> CsvDecoder<R> {
+    /// File-level checks once the input is exhausted.
+    fn check_end(&self) -> Result<()> {
+        if self.rows_seen == 0 {
+            return Err(Error::Rejected(
+                "line 2: no data rows after the header (an empty snapshot would wipe the month; refusing to load it)"
+                    .into(),
+            ));
+        }
+        if self.reader.get_ref().odd_quotes {
+            return Err(Error::Rejected(format!(
+                "line {}: the file ends inside a quoted field (a quote opened in the record starting on this line is never closed)",
+                self.last_line
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Watches the raw bytes on their way to the CSV parser: bounds line length (so garbage without
+/// newlines cannot grow the parser's buffers without limit) and tracks quote parity (the CSV
+/// parser silently accepts a file that ends inside quotes; an odd number of `"` means it did).
+pub struct Guard<R> {
+    inner: R,
+    max_line: usize,
+    line_len: usize,
+    odd_quotes: bool,
+}
+
+impl<R: Read> Guard<R> {
+    fn new(inner: R, max_line: usize) -> Self {
+        Guard {
+            inner,
+            max_line,
+            line_len: 0,
+            odd_quotes: false,
+        }
+    }
+}
+
+impl<R: Read> Read for Guard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let data = &buf[..n];
+        let quotes = data.iter().filter(|b| **b == b'"').count();
+        self.odd_quotes ^= quotes % 2 == 1;
+        match data.iter().rposition(|b| *b == b'\n') {
+            Some(last) => self.line_len = n - last - 1,
+            None => self.line_len += n,
+        }
+        if self.line_len > self.max_line {
+            return Err(std::io::Error::other(format!(
+                "a line longer than {} bytes (not a CSV bill?)",
+                self.max_line
+            )));
+        }
+        Ok(n)
     }
 }
 

@@ -97,6 +97,7 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
             .collect(),
         naive_offset_secs: parse_offset(&pipeline.csv.naive_time_offset)?,
         batch_rows: opts.batch_rows.max(1),
+        max_record_bytes: pipeline.csv.max_record_bytes,
     };
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
     Ok(Context {

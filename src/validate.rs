@@ -45,7 +45,7 @@ impl Validator {
             .collect();
         if !missing.is_empty() {
             return Err(Error::Rejected(format!(
-                "header: missing mandatory FOCUS {} column(s): {}",
+                "line 1: header lacks mandatory FOCUS {} column(s): {}",
                 schema.version,
                 missing.join(", ")
             )));
@@ -70,7 +70,7 @@ impl Validator {
         let mut req = Vec::new();
         for name in required {
             let idx = layout.index_of(name).ok_or_else(|| {
-                Error::Rejected(format!("header: required column {name} is missing"))
+                Error::Rejected(format!("line 1: header lacks required column {name}"))
             })?;
             req.push((idx, name.to_string()));
         }
