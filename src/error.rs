@@ -40,6 +40,14 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
 
+    /// Downloading an object broke off (connection reset, truncated body): worth another try.
+    #[error("{0}")]
+    Fetch(String),
+
+    /// Another run holds the lake's lock.
+    #[error("{0}")]
+    Locked(String),
+
     /// The ledger in the destination is unreadable.
     #[error("ledger {path}: {message}")]
     Ledger { path: String, message: String },

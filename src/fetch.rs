@@ -66,22 +66,33 @@ impl Read for FetchReader {
     }
 }
 
-/// Starts streaming `object` on a new thread. The thread's result is the byte count read.
+/// What a finished download reports.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched {
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Starts streaming `object` on a new thread.
 pub fn spawn(
     source: Arc<dyn Source>,
     object: ObjectInfo,
-) -> Result<(FetchReader, JoinHandle<Result<u64>>)> {
+) -> Result<(FetchReader, JoinHandle<Result<Fetched>>)> {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let handle = std::thread::Builder::new()
         .name("billpipe-fetch".into())
         .spawn(move || {
             let sender = ChunkSender { tx };
+            let started = std::time::Instant::now();
             let result = source.stream(&object, &sender);
             if let Err(e) = &result {
                 // Make the failure visible to the reader, not just a short file.
                 let _ = sender.tx.blocking_send(Err(e.to_string()));
             }
-            result
+            result.map(|bytes| Fetched {
+                bytes,
+                seconds: started.elapsed().as_secs_f64(),
+            })
         })
         .map_err(|e| Error::io("fetch thread", e))?;
     Ok((

@@ -26,6 +26,11 @@ pub trait Lake: Send + Sync {
     fn publish(&self, staged: &Path, rel: &str) -> Result<()>;
     /// Writes small bytes (the ledger) to `rel`, replacing atomically.
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()>;
+    /// Writes `rel` only if it does not exist yet; `false` if it did. (Exclusive locally;
+    /// on S3 as exclusive as the store's `If-None-Match` support, see `lock`.)
+    fn create_new(&self, rel: &str, bytes: &[u8]) -> Result<bool>;
+    /// Whether `create_new` is truly exclusive on this store.
+    fn exclusive_create(&self) -> bool;
     /// Reads `rel`, or `None` if it does not exist.
     fn get(&self, rel: &str) -> Result<Option<Vec<u8>>>;
     fn delete(&self, rel: &str) -> Result<()>;
@@ -50,13 +55,18 @@ pub fn open(
 pub struct LocalLake {
     root: PathBuf,
     staging: PathBuf,
+    counter: std::sync::atomic::AtomicU64,
 }
 
 impl LocalLake {
     pub fn new(root: PathBuf, writable: bool) -> Result<LocalLake> {
         let staging = root.join("_billpipe").join("staging");
         if !writable {
-            return Ok(LocalLake { root, staging });
+            return Ok(LocalLake {
+                root,
+                staging,
+                counter: Default::default(),
+            });
         }
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         // Anything here was left by a run that died before publishing: it was never visible.
@@ -65,11 +75,28 @@ impl LocalLake {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(LocalLake { root, staging })
+        Ok(LocalLake {
+            root,
+            staging,
+            counter: Default::default(),
+        })
     }
 
     fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// Writes bytes to a uniquely named staging file (threads write the ledger and the lock).
+    fn small_file(&self, bytes: &[u8]) -> Result<PathBuf> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staged = self
+            .staging
+            .join(format!("put.{}.{n}.tmp", std::process::id()));
+        std::fs::create_dir_all(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
+        std::fs::write(&staged, bytes).map_err(|e| Error::io(&staged, e))?;
+        Ok(staged)
     }
 }
 
@@ -105,9 +132,28 @@ impl Lake for LocalLake {
     }
 
     fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        let staged = self.staging.join(format!("put.{}.tmp", std::process::id()));
-        std::fs::write(&staged, bytes).map_err(|e| Error::io(&staged, e))?;
+        let staged = self.small_file(bytes)?;
         self.publish(&staged, rel)
+    }
+
+    fn exclusive_create(&self) -> bool {
+        true
+    }
+
+    fn create_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        let staged = self.small_file(bytes)?;
+        let target = self.path(rel);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        // A hard link appears whole and fails if the name exists: an exclusive, atomic create.
+        let linked = std::fs::hard_link(&staged, &target);
+        let _ = std::fs::remove_file(&staged);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&target, e)),
+        }
     }
 
     fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
@@ -333,6 +379,32 @@ impl Lake for S3Lake {
                 .await
                 .map_err(|e| self.err("PutObject", &key, describe(&e)))?;
             Ok(())
+        })
+    }
+
+    fn exclusive_create(&self) -> bool {
+        // Garage ignores If-None-Match and COS support is unverified: never rely on it.
+        false
+    }
+
+    fn create_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        let key = self.key(rel);
+        self.ctx.runtime.block_on(async {
+            let sent = self
+                .ctx
+                .client
+                .put_object()
+                .bucket(&self.location.bucket)
+                .key(&key)
+                .if_none_match("*")
+                .body(ByteStream::from(bytes.to_vec()))
+                .send()
+                .await;
+            match sent {
+                Ok(_) => Ok(true),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
+                Err(e) => Err(self.err("PutObject", &key, describe(&e))),
+            }
         })
     }
 

@@ -42,6 +42,9 @@ pub struct LedgerEntry {
     pub rows_quarantined: u64,
     pub billed_cost: String,
     pub loaded_at: String,
+    /// Set by `billpipe state reset`: the next run reloads this unit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

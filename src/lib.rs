@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod generate;
 pub mod lake;
 pub mod ledger;
+pub mod lock;
 pub mod plan;
 pub mod report;
 pub mod run;

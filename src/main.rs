@@ -1,16 +1,21 @@
-//! The `billpipe` command line. Parsing arguments and printing is all that happens here; the
-//! work is in the library.
+//! The `billpipe` command line. Parsing arguments, showing progress and printing is all that
+//! happens here; the work is in the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use billpipe::generate::{self, GenerateOptions};
-use billpipe::report::{RunReport, EXIT_FAILED};
-use billpipe::run::{self, RunOptions};
+use billpipe::lock::LockOptions;
+use billpipe::plan::PlanOptions;
+use billpipe::report::{RunReport, EXIT_FAILED, EXIT_LOCKED};
+use billpipe::run::{self, Progress, ResetFilter, RunOptions};
 use billpipe::s3::S3Options;
 use billpipe::write::WriteOptions;
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(
@@ -26,15 +31,67 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load new and changed bill files from the source into the lake.
-    Run(JobArgs),
+    Run(RunArgs),
     /// Print what `run` would do with every object, and why, changing nothing.
-    Plan(JobArgs),
+    Plan(RunArgs),
+    /// Show what the lake holds per (account, month); `state reset` makes the next run reload.
+    State(StateArgs),
     /// Write a deterministic, realistic Tencent FOCUS CSV (tests, examples, benchmarks).
     Generate(GenerateArgs),
 }
 
+#[derive(Args, Clone)]
+struct S3Args {
+    /// S3 endpoint, e.g. https://cos.ap-guangzhou.myqcloud.com (else AWS_ENDPOINT_URL)
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// S3 signing region, e.g. ap-guangzhou (else AWS_REGION / profile)
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// Path-style addressing (Garage, MinIO); the default is virtual-hosted (COS, AWS)
+    #[arg(long, global = true)]
+    path_style: bool,
+    /// List with ListObjectsV2 instead of v1 markers (COS documents only v1)
+    #[arg(long, global = true)]
+    list_v2: bool,
+    /// Upload lake files above this size in parts of this size (MiB, at least 5)
+    #[arg(long, default_value_t = 16, global = true)]
+    part_mb: u64,
+}
+
+impl S3Args {
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            list_v2: self.list_v2,
+            part_bytes: self.part_mb << 20,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct LockArgs {
+    /// Wait for another run's lock instead of exiting
+    #[arg(long)]
+    wait: bool,
+    /// Seconds without a heartbeat after which a lock is stale and taken over
+    #[arg(long, default_value_t = 120)]
+    lock_timeout: u64,
+}
+
+impl LockArgs {
+    fn options(&self) -> LockOptions {
+        LockOptions {
+            wait: self.wait,
+            stale_after: Duration::from_secs(self.lock_timeout),
+        }
+    }
+}
+
 #[derive(Args)]
-struct JobArgs {
+struct RunArgs {
     /// Where the bills are: a local folder or s3://bucket[/prefix]
     #[arg(long)]
     source: String,
@@ -47,27 +104,58 @@ struct JobArgs {
     /// Write the run report as JSON to this file
     #[arg(long)]
     report: Option<PathBuf>,
-    /// S3 endpoint, e.g. https://cos.ap-guangzhou.myqcloud.com (else AWS_ENDPOINT_URL)
+    /// Only billing months from this one (YYYY-MM); others are skipped as out of range
+    #[arg(long, value_parser = parse_month)]
+    from: Option<String>,
+    /// Only billing months up to this one (YYYY-MM)
+    #[arg(long, value_parser = parse_month)]
+    to: Option<String>,
+    /// Reload every unit's best snapshot even if unchanged (same result as a fresh load)
     #[arg(long)]
-    endpoint: Option<String>,
-    /// S3 signing region, e.g. ap-guangzhou (else AWS_REGION / profile)
-    #[arg(long)]
-    region: Option<String>,
-    /// Path-style addressing (Garage, MinIO); the default is virtual-hosted (COS, AWS)
-    #[arg(long)]
-    path_style: bool,
-    /// List with ListObjectsV2 instead of v1 markers (COS documents only v1)
-    #[arg(long)]
-    list_v2: bool,
-    /// Upload lake files above this size in parts of this size (MiB, at least 5)
-    #[arg(long, default_value_t = 16)]
-    part_mb: u64,
+    force: bool,
+    /// Objects loaded at the same time
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// zstd level of the Parquet files
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
-    /// Also list skipped objects in the summary
+    #[command(flatten)]
+    lock: LockArgs,
+    #[command(flatten)]
+    s3: S3Args,
+    /// Also list skipped objects, and log each object to stderr
     #[arg(short, long)]
     verbose: bool,
+    /// Print nothing but errors (the exit code and --report still tell everything)
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct StateArgs {
+    #[command(subcommand)]
+    action: Option<StateAction>,
+    /// The lake: a local folder or s3://bucket[/prefix]
+    #[arg(long, global = true)]
+    dest: Option<String>,
+    /// Print JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Make the next run reload the matching (account, month) units; says which first.
+    Reset {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, value_parser = parse_month)]
+        month: Option<String>,
+        #[command(flatten)]
+        lock: LockArgs,
+    },
 }
 
 #[derive(Args)]
@@ -76,14 +164,14 @@ struct GenerateArgs {
     #[arg(long, default_value = "200020002001")]
     account: String,
     /// Billing month, YYYY-MM
-    #[arg(long)]
+    #[arg(long, value_parser = parse_month)]
     month: String,
     /// Daily snapshot: include days 1..=DAY (delivered on DAY+1). Without it: the monthly file.
     #[arg(long)]
     through_day: Option<u32>,
     #[arg(long, default_value_t = 100)]
     rows_per_day: u64,
-    /// Grow rows per day until the monthly file is about this many megabytes (overrides --rows-per-day)
+    /// Grow rows per day until the file is about this many megabytes (overrides --rows-per-day)
     #[arg(long)]
     target_mb: Option<u64>,
     #[arg(long, default_value_t = 1)]
@@ -99,69 +187,247 @@ struct GenerateArgs {
     out_dir: PathBuf,
 }
 
+fn parse_month(s: &str) -> std::result::Result<String, String> {
+    let ok = s.len() == 7
+        && s.as_bytes()[4] == b'-'
+        && s[..4].bytes().all(|b| b.is_ascii_digit())
+        && matches!(s[5..].parse::<u32>(), Ok(1..=12));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a month like 2025-12"))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_level = match &cli.command {
+        Command::Run(a) if a.verbose => "info",
+        Command::Run(a) if a.quiet => "error",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_target(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BILLPIPE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
-    match dispatch(cli.command) {
-        Ok(code) => ExitCode::from(code as u8),
+    let code = match dispatch(cli.command) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("billpipe: error: {e:#}");
-            ExitCode::from(EXIT_FAILED as u8)
+            let locked = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref(), Some(billpipe::Error::Locked(_))));
+            if locked {
+                EXIT_LOCKED
+            } else {
+                EXIT_FAILED
+            }
         }
-    }
+    };
+    ExitCode::from(code as u8)
 }
 
 fn dispatch(command: Command) -> Result<i32> {
     match command {
         Command::Run(args) => job(args, false),
         Command::Plan(args) => job(args, true),
+        Command::State(args) => state(args),
         Command::Generate(args) => generate(args),
     }
 }
 
-fn job(args: JobArgs, plan_only: bool) -> Result<i32> {
+fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
     let opts = RunOptions {
-        source: args.source.clone(),
-        dest: args.dest.clone(),
         pipeline: args.pipeline.clone(),
-        s3: S3Options {
-            endpoint: args.endpoint.clone(),
-            region: args.region.clone(),
-            path_style: args.path_style,
-            list_v2: args.list_v2,
-            part_bytes: args.part_mb << 20,
-        },
+        s3: args.s3.options(),
         write: WriteOptions {
             zstd_level: args.zstd_level,
             ..WriteOptions::default()
         },
+        plan: PlanOptions {
+            from: args.from.clone(),
+            to: args.to.clone(),
+            force: args.force,
+        },
+        jobs: args.jobs.max(1),
+        lock: args.lock.options(),
         ..RunOptions::new(&args.source, &args.dest)
     };
+    let what = format!(
+        "{} {} -> {}",
+        if plan_only { "plan" } else { "run" },
+        args.source,
+        args.dest
+    );
     let report: RunReport = if plan_only {
         run::plan_only(&opts)
-    } else {
+    } else if args.quiet {
         run::run(&opts)
+    } else {
+        let mut display = ProgressDisplay::new();
+        let r = run::run_with_progress(&opts, &mut |p| display.update(p));
+        display.finish();
+        r
     }
-    .with_context(|| {
-        format!(
-            "{} {} -> {}",
-            if plan_only { "plan" } else { "run" },
-            args.source,
-            args.dest
-        )
-    })?;
-    print!("{}", report.human(args.verbose));
+    .with_context(|| what.clone())?;
+    if !args.quiet {
+        print!("{}", report.human(args.verbose));
+    } else if let Some(e) = &report.error {
+        eprintln!("billpipe: {what}: {e}");
+    }
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))?;
     }
     Ok(report.exit_code())
+}
+
+/// Progress bars on a terminal; on anything else (cron, Kubernetes logs) a plain line per
+/// finished object, at most one every 10 seconds plus the last.
+struct ProgressDisplay {
+    bar: Option<ProgressBar>,
+    total_objects: u64,
+    total_bytes: u64,
+    done_objects: u64,
+    done_bytes: u64,
+    started: Instant,
+    last_line: Option<Instant>,
+}
+
+impl ProgressDisplay {
+    fn new() -> Self {
+        ProgressDisplay {
+            bar: None,
+            total_objects: 0,
+            total_bytes: 0,
+            done_objects: 0,
+            done_bytes: 0,
+            started: Instant::now(),
+            last_line: None,
+        }
+    }
+
+    fn update(&mut self, p: Progress) {
+        match p {
+            Progress::Planned { objects, bytes } => {
+                self.total_objects = objects;
+                self.total_bytes = bytes;
+                if std::io::stderr().is_terminal() && objects > 0 {
+                    let bar = ProgressBar::new(bytes);
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} | {msg}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                    self.bar = Some(bar);
+                }
+            }
+            Progress::Done(o) => {
+                self.done_objects += 1;
+                self.done_bytes += o.size;
+                let msg = format!(
+                    "{}/{} objects, last: {}",
+                    self.done_objects, self.total_objects, o.key
+                );
+                if let Some(bar) = &self.bar {
+                    bar.inc(o.size);
+                    bar.set_message(msg);
+                    return;
+                }
+                let due = self
+                    .last_line
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                if due || self.done_objects == self.total_objects {
+                    let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+                    eprintln!(
+                        "billpipe: {}/{} objects, {:.1}/{:.1} MB, {:.1} MB/s",
+                        self.done_objects,
+                        self.total_objects,
+                        self.done_bytes as f64 / 1e6,
+                        self.total_bytes as f64 / 1e6,
+                        self.done_bytes as f64 / 1e6 / secs
+                    );
+                    self.last_line = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn state(args: StateArgs) -> Result<i32> {
+    let dest = args
+        .dest
+        .clone()
+        .context("--dest is required: the lake whose state to show")?;
+    let s3 = args.s3.options();
+    match args.action {
+        None => {
+            let ledger =
+                run::state(&dest, &s3).with_context(|| format!("reading the ledger of {dest}"))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&ledger.units)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<14} {:<8} {:<22} {:>9} {:>6} {:>20}  source (etag)",
+                "account", "month", "loaded at", "rows", "quar.", "BilledCost"
+            );
+            for e in ledger.units.values() {
+                println!(
+                    "{:<14} {:<8} {:<22} {:>9} {:>6} {:>20}  {} ({}){}",
+                    e.unit.account,
+                    e.unit.month,
+                    e.loaded_at,
+                    e.rows_loaded,
+                    e.rows_quarantined,
+                    e.billed_cost,
+                    e.source.key,
+                    e.source.etag,
+                    if e.reset { "  [reload pending]" } else { "" }
+                );
+            }
+            println!("{} snapshot units", ledger.units.len());
+            Ok(0)
+        }
+        Some(StateAction::Reset {
+            account,
+            month,
+            lock,
+        }) => {
+            let filter = ResetFilter { account, month };
+            let ledger = run::state(&dest, &s3)?;
+            let chosen = run::reset_candidates(&ledger, &filter);
+            if chosen.is_empty() {
+                println!("nothing to reset: no loaded unit matches");
+                return Ok(0);
+            }
+            println!(
+                "resetting {} unit(s); the next run reloads them:",
+                chosen.len()
+            );
+            for e in &chosen {
+                println!("  {}  (loaded from {})", e.unit, e.source.key);
+            }
+            let done = run::state_reset(&dest, &s3, &filter, &lock.options())?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            }
+            println!("reset {} unit(s)", done.len());
+            Ok(0)
+        }
+    }
 }
 
 fn generate(args: GenerateArgs) -> Result<i32> {
@@ -177,7 +443,7 @@ fn generate(args: GenerateArgs) -> Result<i32> {
         restated: args.restated,
     };
     if let Some(mb) = args.target_mb {
-        // Measure one day's worth of rows, then scale: ~30 days in a monthly file.
+        // Measure one day's worth of rows, then scale to the days the file holds.
         let probe = GenerateOptions {
             through_day: Some(1),
             rows_per_day: 1000,
@@ -185,12 +451,8 @@ fn generate(args: GenerateArgs) -> Result<i32> {
         };
         let stats = generate::write_focus_csv(&probe, std::io::sink())?;
         let bytes_per_row = (stats.bytes / stats.rows.max(1)).max(1);
-        let days = if args.through_day.is_some() {
-            args.through_day.unwrap_or(30)
-        } else {
-            30
-        } as u64;
-        opts.rows_per_day = (mb * 1_000_000 / bytes_per_row / days).max(1);
+        let days = args.through_day.unwrap_or(30) as u64;
+        opts.rows_per_day = (mb * 1_000_000 / bytes_per_row / days.max(1)).max(1);
     }
     let name = generate::object_name(&args.account, &args.month, args.through_day)?;
     let path = args.out_dir.join(&name);

@@ -9,6 +9,11 @@
 //!   snapshot if it ranks higher, or if it is the loaded object re-delivered (same key, other
 //!   ETag or size); it is skipped if it is the loaded object unchanged, or if the loaded
 //!   snapshot ranks higher (a late, older daily never rolls a month back).
+//!
+//! Operators can widen or narrow this: `--from`/`--to` restrict a run to billing months (the
+//! rest is skipped as out of range), `--force` reloads the best snapshot of every unit in range
+//! even when unchanged (the result equals a fresh load), and `billpipe state reset` marks units
+//! so the next run reloads them.
 
 use std::collections::BTreeMap;
 
@@ -36,11 +41,45 @@ pub struct PlannedObject {
     pub reason: String,
 }
 
-pub fn plan(pipeline: &Pipeline, listing: &[ObjectInfo], ledger: &Ledger) -> Vec<PlannedObject> {
+/// Operator choices that change the plan.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// First billing month (`YYYY-MM`) to consider.
+    pub from: Option<String>,
+    /// Last billing month (`YYYY-MM`) to consider.
+    pub to: Option<String>,
+    /// Reload even unchanged snapshots.
+    pub force: bool,
+}
+
+impl PlanOptions {
+    fn in_range(&self, month: &str) -> bool {
+        self.from.as_deref().is_none_or(|f| month >= f)
+            && self.to.as_deref().is_none_or(|t| month <= t)
+    }
+}
+
+pub fn plan(
+    pipeline: &Pipeline,
+    listing: &[ObjectInfo],
+    ledger: &Ledger,
+    options: &PlanOptions,
+) -> Vec<PlannedObject> {
     let mut out = Vec::new();
     let mut by_unit: BTreeMap<_, Vec<BillFile>> = BTreeMap::new();
     for obj in listing {
         match pipeline.classify(obj) {
+            Classification::Bill(bill) if !options.in_range(&bill.unit.month) => {
+                out.push(PlannedObject {
+                    object: obj.clone(),
+                    reason: format!(
+                        "out of range: billing month {} is outside --from/--to",
+                        bill.unit.month
+                    ),
+                    bill: Some(bill),
+                    action: Action::Skip,
+                })
+            }
             Classification::Bill(bill) => by_unit.entry(bill.unit.clone()).or_default().push(bill),
             Classification::Unrecognised(reason) => out.push(PlannedObject {
                 object: obj.clone(),
@@ -64,6 +103,17 @@ pub fn plan(pipeline: &Pipeline, listing: &[ObjectInfo], ledger: &Ledger) -> Vec
             None => (
                 Action::Ingest,
                 format!("first snapshot of {unit} ({})", best.rank),
+            ),
+            Some(l) if l.reset => (
+                Action::Replace,
+                format!("reload requested by `state reset` ({})", best.rank),
+            ),
+            Some(l) if options.force => (
+                Action::Replace,
+                format!(
+                    "reload forced by --force ({}; the lake held {})",
+                    best.rank, l.rank
+                ),
             ),
             Some(l) if l.source.key == best.object.key => {
                 if l.source.etag == best.object.etag && l.source.size == best.object.size {
@@ -162,6 +212,7 @@ mod tests {
             rows_quarantined: 0,
             billed_cost: "0".into(),
             loaded_at: String::new(),
+            reset: false,
         });
     }
 
@@ -180,7 +231,8 @@ mod tests {
         let mut ledger = Ledger::default();
         // Fresh lake: only the newest daily is loaded.
         let listing = vec![obj(D1, "a"), obj(D2, "b"), obj("notes.txt", "c")];
-        let plan1 = plan(&p, &listing, &ledger);
+        let none = PlanOptions::default();
+        let plan1 = plan(&p, &listing, &ledger, &none);
         assert_eq!(action_of(&plan1, D2).0, Action::Ingest);
         assert_eq!(action_of(&plan1, D1).0, Action::Skip);
         assert!(action_of(&plan1, "notes.txt")
@@ -188,26 +240,50 @@ mod tests {
             .starts_with("not a bill file"));
 
         loaded(&mut ledger, &p, &obj(D2, "b"));
-        assert_eq!(action_of(&plan(&p, &listing, &ledger), D2).0, Action::Skip);
+        assert_eq!(
+            action_of(&plan(&p, &listing, &ledger, &none), D2).0,
+            Action::Skip
+        );
         // Re-delivered with a new ETag: replaces itself.
         let redelivered = vec![obj(D2, "b2")];
         assert_eq!(
-            action_of(&plan(&p, &redelivered, &ledger), D2).0,
+            action_of(&plan(&p, &redelivered, &ledger, &none), D2).0,
             Action::Replace
         );
         // The monthly replaces the daily.
         let with_monthly = vec![obj(D1, "a"), obj(D2, "b"), obj(M, "m")];
         assert_eq!(
-            action_of(&plan(&p, &with_monthly, &ledger), M).0,
+            action_of(&plan(&p, &with_monthly, &ledger, &none), M).0,
             Action::Replace
         );
         loaded(&mut ledger, &p, &obj(M, "m"));
         // A late older daily after the monthly is superseded.
         let late = vec![obj(D1, "a")];
-        let (a, why) = action_of(&plan(&p, &late, &ledger), D1);
+        let (a, why) = action_of(&plan(&p, &late, &ledger, &none), D1);
         assert_eq!(a, Action::Skip);
         assert!(why.contains("superseded"), "{why}");
-        assert_eq!(action_of(&plan(&p, &late, &ledger), D1).0, Action::Skip);
+        // --force reloads the best snapshot even though it is unchanged.
+        let force = PlanOptions {
+            force: true,
+            ..PlanOptions::default()
+        };
+        let all = vec![obj(D1, "a"), obj(M, "m")];
+        assert_eq!(
+            action_of(&plan(&p, &all, &ledger, &force), M).0,
+            Action::Replace
+        );
+        assert_eq!(
+            action_of(&plan(&p, &all, &ledger, &force), D1).0,
+            Action::Skip
+        );
+        // --from/--to: other months are out of range.
+        let range = PlanOptions {
+            from: Some("2026-01".into()),
+            ..PlanOptions::default()
+        };
+        let (a, why) = action_of(&plan(&p, &all, &ledger, &range), M);
+        assert_eq!(a, Action::Skip);
+        assert!(why.starts_with("out of range"), "{why}");
         let _ = SnapshotRank::Final;
     }
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_REJECTIONS: i32 = 3;
+pub const EXIT_LOCKED: i32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +42,16 @@ pub struct ObjectReport {
     /// Remarks about the header (unknown columns, case mismatches, ...).
     pub notes: Vec<String>,
     pub seconds: f64,
+    /// Where the time went (seconds busy per stage; fetch is wall time of the download).
+    pub stages: StageSeconds,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageSeconds {
+    pub fetch: f64,
+    pub decode: f64,
+    pub write: f64,
+    pub commit: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -16,6 +16,7 @@
 //! the same object and rewrites the same paths.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,8 +27,9 @@ use crate::decode::{format_decimal, parse_offset, CsvDecoder, DecodeOptions, Row
 use crate::fetch;
 use crate::lake::{self, Lake};
 use crate::ledger::{Ledger, LedgerEntry, OutputFile};
-use crate::plan::{self, Action, PlannedObject};
-use crate::report::{ObjectReport, Outcome, RunReport, Totals};
+use crate::lock::{self, LockOptions};
+use crate::plan::{self, Action, PlanOptions, PlannedObject};
+use crate::report::{ObjectReport, Outcome, RunReport, StageSeconds, Totals};
 use crate::s3::{S3Context, S3Options};
 use crate::source::{self, Source};
 use crate::validate::Validator;
@@ -45,6 +47,13 @@ pub struct RunOptions {
     pub s3: S3Options,
     pub write: WriteOptions,
     pub batch_rows: usize,
+    pub plan: PlanOptions,
+    /// Objects loaded at the same time (each has its own bounded pipeline).
+    pub jobs: usize,
+    pub lock: LockOptions,
+    /// Attempts at reading one object when its download breaks off (connection reset,
+    /// truncated body); requests that fail outright are retried by the S3 client itself.
+    pub fetch_attempts: u32,
 }
 
 impl RunOptions {
@@ -56,6 +65,10 @@ impl RunOptions {
             s3: S3Options::default(),
             write: WriteOptions::default(),
             batch_rows: DecodeOptions::default().batch_rows,
+            plan: PlanOptions::default(),
+            jobs: 1,
+            lock: LockOptions::default(),
+            fetch_attempts: 4,
         }
     }
 }
@@ -63,8 +76,9 @@ impl RunOptions {
 struct Context {
     pipeline: Pipeline,
     source: Arc<dyn Source>,
-    lake: Box<dyn Lake>,
-    ledger: Ledger,
+    lake: Arc<dyn Lake>,
+    /// Shared by the jobs; held only to read an entry or to record and save one.
+    ledger: Mutex<Ledger>,
     decode: DecodeOptions,
     period_offset_secs: i64,
 }
@@ -85,8 +99,8 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
         Ok(ctx)
     };
     let source: Arc<dyn Source> = Arc::from(source::open(&opts.source, s3)?);
-    let lake = lake::open(&opts.dest, writable, s3)?;
-    let ledger = Ledger::load(lake.as_ref())?;
+    let lake: Arc<dyn Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
+    let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
     let decode = DecodeOptions {
         delimiter: pipeline.csv.delimiter.as_bytes()[0],
         null_values: pipeline
@@ -144,6 +158,7 @@ fn object_report(p: &PlannedObject, outcome: Outcome) -> ObjectReport {
         problems: Vec::new(),
         notes: Vec::new(),
         seconds: 0.0,
+        stages: StageSeconds::default(),
     }
 }
 
@@ -162,7 +177,8 @@ pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
     let ctx = open(opts, false)?;
     report.pipeline = ctx.pipeline.origin.clone();
     let listing = ctx.source.list()?;
-    for p in plan::plan(&ctx.pipeline, &listing, &ctx.ledger) {
+    let ledger = lock_ledger(&ctx.ledger)?;
+    for p in plan::plan(&ctx.pipeline, &listing, &ledger, &opts.plan) {
         report.objects.push(object_report(&p, outcome_of(p.action)));
     }
     report.seconds = start.elapsed().as_secs_f64();
@@ -170,14 +186,40 @@ pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
     Ok(report)
 }
 
+fn lock_ledger(ledger: &Mutex<Ledger>) -> Result<std::sync::MutexGuard<'_, Ledger>> {
+    ledger
+        .lock()
+        .map_err(|_| Error::Config("ledger lock poisoned by a panicked job".into()))
+}
+
 /// `billpipe run`. Errors that stop the run are returned in `report.error`, with the objects
 /// handled so far, so a report is written even for a failed run. Configuration errors (before
-/// anything was listed) are returned as `Err`.
+/// anything was listed) and a lake locked by another run are returned as `Err`.
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
+    run_with_progress(opts, &mut |_| {})
+}
+
+/// What a run tells a progress display as it goes.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The plan is made: this many objects and bytes will be loaded.
+    Planned { objects: u64, bytes: u64 },
+    /// One object is done (loaded, rejected or skipped after being planned).
+    Done(Box<ObjectReport>),
+}
+
+/// [`run`] with a callback for progress bars or log lines.
+pub fn run_with_progress(
+    opts: &RunOptions,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<RunReport> {
     let start = Instant::now();
     let mut report = new_report("run", opts);
-    let mut ctx = open(opts, true)?;
+    let ctx = open(opts, true)?;
     report.pipeline = ctx.pipeline.origin.clone();
+    let _lock = lock::acquire(ctx.lake.clone(), "run", &opts.lock)?;
+    // Another run may have committed between opening and locking: plan from the latest ledger.
+    *lock_ledger(&ctx.ledger)? = Ledger::load(ctx.lake.as_ref())?;
     let listing = match ctx.source.list() {
         Ok(l) => l,
         Err(e) => {
@@ -186,36 +228,109 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             return Ok(report);
         }
     };
-    let planned = plan::plan(&ctx.pipeline, &listing, &ctx.ledger);
-    for p in &planned {
-        let mut entry = object_report(p, outcome_of(p.action));
-        if p.action == Action::Skip {
-            report.objects.push(entry);
-            continue;
-        }
-        let Some(bill) = &p.bill else { continue };
-        let t0 = Instant::now();
-        match load_snapshot(&mut ctx, bill, opts, &mut entry) {
-            Ok(()) => {}
-            Err(Error::Rejected(why)) => {
-                entry.outcome = Outcome::Reject;
-                entry.reason = format!("rejected: {why}");
-            }
-            Err(e) => {
-                entry.outcome = Outcome::Reject;
-                entry.reason = format!("failed: {e}");
-                report.error = Some(format!("{}: {e}", p.object.key));
+    let planned = plan::plan(
+        &ctx.pipeline,
+        &listing,
+        &*lock_ledger(&ctx.ledger)?,
+        &opts.plan,
+    );
+    let to_load: Vec<usize> = (0..planned.len())
+        .filter(|i| planned[*i].action != Action::Skip)
+        .collect();
+    progress(Progress::Planned {
+        objects: to_load.len() as u64,
+        bytes: to_load.iter().map(|i| planned[*i].object.size).sum(),
+    });
+    let results: Mutex<Vec<ObjectReport>> = Mutex::new(
+        planned
+            .iter()
+            .map(|p| object_report(p, outcome_of(p.action)))
+            .collect(),
+    );
+    let next = AtomicUsize::new(0);
+    let failure: Mutex<Option<String>> = Mutex::new(None);
+    let progress = Mutex::new(progress);
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs.max(1).min(to_load.len().max(1)) {
+            scope.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = to_load.get(n) else { break };
+                if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                    break;
+                }
+                let p = &planned[i];
+                let Some(bill) = &p.bill else { continue };
+                let mut entry = object_report(p, outcome_of(p.action));
+                let t0 = Instant::now();
+                match load_with_retries(&ctx, bill, opts, &mut entry) {
+                    Ok(()) => {}
+                    Err(Error::Rejected(why)) => {
+                        entry.outcome = Outcome::Reject;
+                        entry.reason = format!("rejected: {why}");
+                    }
+                    Err(e) => {
+                        entry.outcome = Outcome::Reject;
+                        entry.reason = format!("failed: {e}");
+                        if let Ok(mut f) = failure.lock() {
+                            f.get_or_insert_with(|| format!("{}: {e}", p.object.key));
+                        }
+                    }
+                }
                 entry.seconds = t0.elapsed().as_secs_f64();
-                report.objects.push(entry);
-                break;
-            }
+                if entry.outcome == Outcome::Reject {
+                    tracing::warn!(key = %p.object.key, "{}", entry.reason);
+                } else {
+                    tracing::info!(key = %p.object.key, rows = entry.rows_loaded, "{}", entry.reason);
+                }
+                if let Ok(mut cb) = progress.lock() {
+                    (*cb)(Progress::Done(Box::new(entry.clone())));
+                }
+                if let Ok(mut r) = results.lock() {
+                    r[i] = entry;
+                }
+            });
         }
-        entry.seconds = t0.elapsed().as_secs_f64();
-        report.objects.push(entry);
-    }
+    });
+    report.objects = results
+        .into_inner()
+        .map_err(|_| Error::Config("a job panicked".into()))?;
+    report.error = failure.into_inner().ok().flatten();
     report.seconds = start.elapsed().as_secs_f64();
     report.compute_totals();
     Ok(report)
+}
+
+/// Loads one object, starting over when its download breaks off mid-way.
+fn load_with_retries(
+    ctx: &Context,
+    bill: &BillFile,
+    opts: &RunOptions,
+    entry: &mut ObjectReport,
+) -> Result<()> {
+    let attempts = opts.fetch_attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        match load_snapshot(ctx, bill, opts, entry) {
+            Err(Error::Fetch(why)) if attempt < attempts => {
+                // Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... plus up to 50 %.
+                let base = 500u64 << (attempt - 1).min(6);
+                let jitter = (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos() as u64)
+                    .unwrap_or(0))
+                    % (base / 2 + 1);
+                tracing::warn!(key = %bill.object.key, attempt, "download broke off ({why}); retrying in {} ms", base + jitter);
+                std::thread::sleep(std::time::Duration::from_millis(base + jitter));
+                attempt += 1;
+            }
+            Err(Error::Fetch(why)) => {
+                return Err(Error::Rejected(format!(
+                    "reading the object failed {attempts} times, last: {why}"
+                )))
+            }
+            other => return other,
+        }
+    }
 }
 
 /// What reading one file produced, before anything is published.
@@ -225,10 +340,11 @@ struct Staged {
     problems: Vec<String>,
     notes: Vec<String>,
     bytes_read: u64,
+    stages: StageSeconds,
 }
 
 fn load_snapshot(
-    ctx: &mut Context,
+    ctx: &Context,
     bill: &BillFile,
     opts: &RunOptions,
     entry: &mut ObjectReport,
@@ -237,7 +353,11 @@ fn load_snapshot(
     entry.bytes_read = staged.bytes_read;
     entry.notes = staged.notes.clone();
     entry.problems = staged.problems.clone();
-    commit(ctx, bill, staged, entry)
+    entry.stages = staged.stages.clone();
+    let t = Instant::now();
+    commit(ctx, bill, staged, entry)?;
+    entry.stages.commit = t.elapsed().as_secs_f64();
+    Ok(())
 }
 
 /// Runs fetch → decode → validate → write for one object into staging.
@@ -248,12 +368,13 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
     let (reader, fetcher) = fetch::spawn(ctx.source.clone(), bill.object.clone())?;
     // If anything below fails, the fetch thread's error (a truncated body, say) is the better
     // explanation than the parser's, so it is preferred.
-    let fetch_error = |fetcher: std::thread::JoinHandle<Result<u64>>, other: Error| -> Error {
-        match fetcher.join() {
-            Ok(Err(e)) => Error::Rejected(format!("reading the object failed: {e}")),
-            _ => other,
-        }
-    };
+    let fetch_error =
+        |fetcher: std::thread::JoinHandle<Result<fetch::Fetched>>, other: Error| -> Error {
+            match fetcher.join() {
+                Ok(Err(e)) => fetch_failure(e),
+                _ => other,
+            }
+        };
     let decoder = match CsvDecoder::new(reader, key, schema, ctx.decode.clone()) {
         Ok(d) => d,
         Err(e) => return Err(fetch_error(fetcher, e)),
@@ -286,13 +407,18 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         .name("billpipe-write".into())
         .spawn(move || {
             let mut writer = writer;
+            let mut busy = std::time::Duration::ZERO;
             for batch in rx {
+                let t = Instant::now();
                 if let Err(e) = writer.write(&batch) {
                     writer.abandon();
                     return Err(e);
                 }
+                busy += t.elapsed();
             }
-            writer.finish()
+            let t = Instant::now();
+            let parts = writer.finish()?;
+            Ok((parts, (busy + t.elapsed()).as_secs_f64()))
         })
         .map_err(|e| Error::io("write thread", e))?;
 
@@ -302,6 +428,8 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         .join(format!("{stem}.quarantine.csv.tmp"));
     let mut quarantine = Quarantine::new(&quarantine_path, key);
     let mut decode_result: Result<()> = Ok(());
+    let decode_started = Instant::now();
+    let mut waiting_for_writer = std::time::Duration::ZERO;
     for item in decoder {
         let step = item.and_then(|decoded| {
             let mut problems = decoded.problems;
@@ -311,7 +439,10 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         });
         match step {
             Ok(kept) => {
-                if kept.num_rows() > 0 && tx.send(kept).is_err() {
+                let t = Instant::now();
+                let sent = kept.num_rows() == 0 || tx.send(kept).is_ok();
+                waiting_for_writer += t.elapsed();
+                if !sent {
                     break; // the writer failed; its error is collected below
                 }
             }
@@ -322,6 +453,8 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         }
     }
     drop(tx);
+    let decode_seconds =
+        (decode_started.elapsed().saturating_sub(waiting_for_writer)).as_secs_f64();
     let written = write_thread
         .join()
         .map_err(|_| Error::Rejected("the write thread panicked".into()))?;
@@ -332,23 +465,23 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         let _ = std::fs::remove_file(q);
     };
     if let Err(e) = decode_result {
-        if let Ok(parts) = &written {
+        if let Ok((parts, _)) = &written {
             cleanup(parts, &quarantine_path);
         }
         return Err(fetch_error(fetcher, e));
     }
-    let parts = match written {
+    let (parts, write_seconds) = match written {
         Ok(parts) => parts,
         Err(e) => {
             let _ = std::fs::remove_file(&quarantine_path);
             return Err(fetch_error(fetcher, e));
         }
     };
-    let bytes_read = match fetcher.join() {
-        Ok(Ok(n)) => n,
+    let fetched = match fetcher.join() {
+        Ok(Ok(f)) => f,
         Ok(Err(e)) => {
             cleanup(&parts, &quarantine_path);
-            return Err(Error::Rejected(format!("reading the object failed: {e}")));
+            return Err(fetch_failure(e));
         }
         Err(_) => {
             cleanup(&parts, &quarantine_path);
@@ -361,20 +494,30 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         quarantine: (rows_quarantined > 0).then_some((quarantine_path, rows_quarantined)),
         problems,
         notes: notes.notes,
-        bytes_read,
+        bytes_read: fetched.bytes,
+        stages: StageSeconds {
+            fetch: fetched.seconds,
+            decode: decode_seconds,
+            write: write_seconds,
+            commit: 0.0,
+        },
     })
 }
 
+/// A broken-off download can be tried again; anything else the source says is final for this
+/// object (the S3 client has already retried requests that failed outright).
+fn fetch_failure(e: Error) -> Error {
+    match e {
+        Error::Fetch(why) => Error::Fetch(why),
+        other => Error::Rejected(format!("reading the object failed: {other}")),
+    }
+}
+
 /// Publishes a staged snapshot and records it in the ledger (see the module docs).
-fn commit(
-    ctx: &mut Context,
-    bill: &BillFile,
-    staged: Staged,
-    entry: &mut ObjectReport,
-) -> Result<()> {
+fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectReport) -> Result<()> {
     let stem = bill.unit.file_stem();
     let scale = ctx.pipeline.schema.decimal_scale;
-    let previous = ctx.ledger.get(&bill.unit).cloned();
+    let previous = lock_ledger(&ctx.ledger)?.get(&bill.unit).cloned();
     let mut outputs = Vec::new();
     let mut total_cost: i128 = 0;
     let mut rows = 0;
@@ -417,7 +560,8 @@ fn commit(
         }
     }
     let billed_cost = format_decimal(total_cost, scale);
-    ctx.ledger.record(LedgerEntry {
+    let mut ledger = lock_ledger(&ctx.ledger)?;
+    ledger.record(LedgerEntry {
         unit: bill.unit.clone(),
         source: bill.object.clone(),
         family: bill.family.clone(),
@@ -428,8 +572,10 @@ fn commit(
         rows_quarantined,
         billed_cost: billed_cost.clone(),
         loaded_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        reset: false,
     });
-    ctx.ledger.save(ctx.lake.as_ref())?;
+    ledger.save(ctx.lake.as_ref())?;
+    drop(ledger);
     entry.rows_loaded = rows;
     entry.rows_quarantined = rows_quarantined;
     entry.billed_cost = Some(billed_cost);
@@ -500,4 +646,51 @@ impl Quarantine {
         }
         Ok((self.sample, self.rows.len() as u64))
     }
+}
+
+/// `billpipe state`: the ledger of a lake, read-only.
+pub fn state(dest: &str, s3: &S3Options) -> Result<Ledger> {
+    let lake = lake::open(dest, false, || S3Context::connect(s3))?;
+    Ledger::load(lake.as_ref())
+}
+
+/// Which ledger entries `billpipe state reset` applies to.
+#[derive(Debug, Clone, Default)]
+pub struct ResetFilter {
+    pub account: Option<String>,
+    pub month: Option<String>,
+}
+
+/// Entries matching `filter`: what `state reset` would mark.
+pub fn reset_candidates(ledger: &Ledger, filter: &ResetFilter) -> Vec<LedgerEntry> {
+    ledger
+        .units
+        .values()
+        .filter(|e| filter.account.as_ref().is_none_or(|a| &e.unit.account == a))
+        .filter(|e| filter.month.as_ref().is_none_or(|m| &e.unit.month == m))
+        .cloned()
+        .collect()
+}
+
+/// `billpipe state reset`: marks matching units so the next run reloads them. The lake's files
+/// stay until that reload replaces them, so readers never see a gap. Takes the lake's lock.
+pub fn state_reset(
+    dest: &str,
+    s3: &S3Options,
+    filter: &ResetFilter,
+    lock: &LockOptions,
+) -> Result<Vec<LedgerEntry>> {
+    let lake: Arc<dyn Lake> = Arc::from(lake::open(dest, true, || S3Context::connect(s3))?);
+    let _lock = lock::acquire(lake.clone(), "state reset", lock)?;
+    let mut ledger = Ledger::load(lake.as_ref())?;
+    let chosen = reset_candidates(&ledger, filter);
+    for e in &chosen {
+        if let Some(entry) = ledger.units.get_mut(&e.unit.to_string()) {
+            entry.reset = true;
+        }
+    }
+    if !chosen.is_empty() {
+        ledger.save(lake.as_ref())?;
+    }
+    Ok(chosen)
 }

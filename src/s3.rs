@@ -9,9 +9,19 @@
 //! streaming checksums).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    ConfigBag, Intercept, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    RuntimeComponents,
+};
+use aws_sdk_s3::error::BoxError;
 use aws_sdk_s3::Client;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
 
 use crate::{Error, Result};
 
@@ -87,6 +97,9 @@ impl S3Context {
             }
             let shared = loader.load().await;
             let config = aws_sdk_s3::config::Builder::from(&shared)
+                .retry_config(retry_config())
+                .timeout_config(timeout_config())
+                .interceptor(RetryLogger)
                 .force_path_style(options.path_style)
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
@@ -103,6 +116,57 @@ impl S3Context {
             runtime: Arc::new(runtime),
             options: options.clone(),
         })
+    }
+}
+
+/// Transient failures (5xx, SlowDown and other throttling, timeouts, connection errors) are
+/// retried by the SDK's standard strategy: exponential backoff with full jitter, 6 attempts,
+/// at most 8 s between attempts. Permanent ones (403, 404, NoSuchBucket) are not retried.
+fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(6)
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(8))
+}
+
+/// Bounds how long any one request may hang: connecting, and each attempt as a whole (an
+/// attempt covers sending and receiving the response head; body streaming is watched by the
+/// fetch stage, which detects bodies that end early).
+fn timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .operation_attempt_timeout(Duration::from_secs(300))
+        .build()
+}
+
+/// Logs every retry the SDK makes, with the operation, so flaky storage is visible.
+#[derive(Debug)]
+struct RetryLogger;
+
+impl Intercept for RetryLogger {
+    fn name(&self) -> &'static str {
+        "billpipe-retry-logger"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        let attempt = cfg
+            .load::<RequestAttempts>()
+            .map(|a| a.attempts())
+            .unwrap_or(1);
+        if attempt > 1 {
+            let op = cfg
+                .load::<Metadata>()
+                .map(|m| m.name().to_string())
+                .unwrap_or_default();
+            tracing::warn!("S3 {op}: transient failure, retrying (attempt {attempt})");
+        }
+        Ok(())
     }
 }
 

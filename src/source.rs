@@ -262,16 +262,19 @@ impl Source for S3Source {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        return Err(self.s3_error("GetObject", &object.key, format!("body: {e}")))
+                        return Err(Error::Fetch(format!(
+                            "s3://{}/{}: the download broke off after {total} bytes: {e}",
+                            self.location.bucket, object.key
+                        )))
                     }
                 }
             }
             if expected >= 0 && total != expected as u64 {
-                return Err(self.s3_error(
-                    "GetObject",
-                    &object.key,
-                    format!("body ended after {total} of {expected} bytes"),
-                ));
+                // Never load a short body as if it were the whole object.
+                return Err(Error::Fetch(format!(
+                    "s3://{}/{}: the body ended after {total} of {expected} bytes",
+                    self.location.bucket, object.key
+                )));
             }
             Ok(total)
         })
