@@ -380,6 +380,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         Err(e) => return Err(fetch_error(fetcher, e)),
     };
     let layout = decoder.layout().clone();
+    fault_point("fetch");
     let part = &ctx.pipeline.partition;
     let (validator, notes) = match Validator::new(
         schema,
@@ -441,6 +442,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
             Ok(kept) => {
                 let t = Instant::now();
                 let sent = kept.num_rows() == 0 || tx.send(kept).is_ok();
+                fault_point("write");
                 waiting_for_writer += t.elapsed();
                 if !sent {
                     break; // the writer failed; its error is collected below
@@ -504,6 +506,23 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
     })
 }
 
+/// Crash-test hook: with `BILLPIPE_FAULT_KILL_AT=<point>` in the environment, the process
+/// SIGKILLs itself the first time it reaches that point of the commit protocol (`fetch`,
+/// `write`, `publish`, `cleanup`, `ledger`), so tests can prove a kill anywhere leaves the lake
+/// consistent. Without the variable this is one environment lookup per call.
+fn fault_point(point: &str) {
+    if std::env::var("BILLPIPE_FAULT_KILL_AT").is_ok_and(|p| p == point) {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        // SIGKILL is delivered before `kill` returns; never go on past the point.
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
 /// A broken-off download can be tried again; anything else the source says is final for this
 /// object (the S3 client has already retried requests that failed outright).
 fn fetch_failure(e: Error) -> Error {
@@ -530,6 +549,7 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
         }
         let rel = format!("{}/{stem}.parquet", part.partition.dir());
         ctx.lake.publish(&part.staged, &rel)?;
+        fault_point("publish");
         total_cost += part.billed_cost;
         rows += part.rows;
         outputs.push(OutputFile {
@@ -552,6 +572,7 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
             (None, 0)
         }
     };
+    fault_point("cleanup");
     if let Some(prev) = &previous {
         for old in &prev.outputs {
             if !outputs.iter().any(|o| o.path == old.path) {
@@ -560,6 +581,7 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
         }
     }
     let billed_cost = format_decimal(total_cost, scale);
+    fault_point("ledger");
     let mut ledger = lock_ledger(&ctx.ledger)?;
     ledger.record(LedgerEntry {
         unit: bill.unit.clone(),

@@ -1,0 +1,213 @@
+//! Crash safety: billpipe is SIGKILLed at every step of replacing a snapshot (during the
+//! download, while writing, after publishing the first partition, before removing replaced files,
+//! before the ledger update) and at random moments. After every kill, a reader globbing
+//! `billing_period=*/**/*.parquet` must see each partition wholly old or wholly new - one whole,
+//! readable file, never two, never a half - and the next run must end with exact totals.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use billpipe::generate::{object_name, write_focus_csv, GenerateOptions};
+use common::*;
+use rust_decimal::Decimal;
+
+const A: &str = "700000000001";
+const B: &str = "700000000002";
+
+/// A snapshot of unit (A, 2025-12) holding rows of accounts A and B (a group bill), so one
+/// replacement touches two partitions. Returns the expected sums per partition.
+fn deliver(src: &Path, through: Option<u32>, with_b: bool, rows_per_day: u64) -> Sums {
+    let gen = |account: &str| {
+        let mut out = Vec::new();
+        let opts = GenerateOptions {
+            account: account.into(),
+            month: "2025-12".into(),
+            through_day: through,
+            rows_per_day,
+            seed: 99,
+            bad_rows: vec![],
+            restated: false,
+        };
+        write_focus_csv(&opts, &mut out).unwrap();
+        out
+    };
+    let mut file = gen(A);
+    if with_b {
+        let b = gen(B);
+        let header_end = b.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        file.extend_from_slice(&b[header_end..]);
+    }
+    // Earlier snapshots of the unit stay in the bucket, as they do in real buckets.
+    let name = object_name(A, "2025-12", through).unwrap();
+    std::fs::write(src.join(&name), &file).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(&name), &file).unwrap();
+    let out = billpipe(&[
+        "run",
+        "--source",
+        dir.path().to_str().unwrap(),
+        "--dest",
+        lake.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    local_lake_sums(lake.path())
+}
+
+fn killed_run(src: &Path, lake: &Path, point: &str) {
+    let status = Command::new(bin())
+        .args([
+            "run",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            lake.to_str().unwrap(),
+        ])
+        .env("BILLPIPE_FAULT_KILL_AT", point)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+        .status;
+    assert_eq!(
+        status.code(),
+        None,
+        "the run must have been killed at {point}"
+    );
+}
+
+/// What a reader sees: each partition's file must be whole, alone, and either `old` or `new`.
+fn assert_consistent(lake: &Path, old: &Sums, new: &Sums, context: &str) {
+    let files = lake_files(lake);
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &files {
+        let rel = f.strip_prefix(lake).unwrap().to_string_lossy().into_owned();
+        let dir = rel.rsplit_once('/').unwrap().0.to_string();
+        assert!(seen.insert(dir.clone()), "{context}: two files in {dir}");
+    }
+    let sums = local_lake_sums(lake); // panics on a half-written Parquet file
+    for (partition, got) in &sums {
+        let ok = old.get(partition) == Some(got) || new.get(partition) == Some(got);
+        assert!(
+            ok,
+            "{context}: {partition:?} = {got:?} is neither old {:?} nor new {:?}",
+            old.get(partition),
+            new.get(partition)
+        );
+    }
+    // A partition may be missing only where one side has none (wholly old or wholly new).
+    for partition in old.keys().filter(|p| new.contains_key(*p)) {
+        assert!(
+            sums.contains_key(partition),
+            "{context}: {partition:?} vanished"
+        );
+    }
+}
+
+fn finish_and_check(src: &Path, lake: &Path, expected: &Sums, context: &str) {
+    let out = billpipe(&[
+        "run",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        lake.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{context}: {}{}", out.stdout, out.stderr);
+    assert_eq!(
+        &local_lake_sums(lake),
+        expected,
+        "{context}: totals after the next run"
+    );
+    assert_eq!(
+        std::fs::read_dir(lake.join("_billpipe/staging"))
+            .unwrap()
+            .count(),
+        0,
+        "{context}: staging left behind"
+    );
+    assert!(!lake.join("_billpipe/lock.json").exists());
+}
+
+#[test]
+fn a_kill_at_any_step_of_a_replacement_leaves_whole_snapshots() {
+    for point in ["fetch", "write", "publish", "cleanup", "ledger"] {
+        let src = tempfile::tempdir().unwrap();
+        let lake = tempfile::tempdir().unwrap();
+        let s1 = deliver(src.path(), Some(3), true, 40);
+        finish_and_check(src.path(), lake.path(), &s1, "first load");
+
+        // Daily 6 replaces daily 3 in both partitions.
+        let s2 = deliver(src.path(), Some(6), true, 40);
+        assert_ne!(s1, s2);
+        killed_run(src.path(), lake.path(), point);
+        assert_consistent(
+            lake.path(),
+            &s1,
+            &s2,
+            &format!("kill at {point}, daily->daily"),
+        );
+        finish_and_check(
+            src.path(),
+            lake.path(),
+            &s2,
+            &format!("after kill at {point}"),
+        );
+
+        // The monthly has only account A: B's partition must go, but never before A is new.
+        let s3 = deliver(src.path(), None, false, 40);
+        killed_run(src.path(), lake.path(), point);
+        assert_consistent(
+            lake.path(),
+            &s2,
+            &s3,
+            &format!("kill at {point}, daily->monthly"),
+        );
+        finish_and_check(
+            src.path(),
+            lake.path(),
+            &s3,
+            &format!("after kill at {point} (monthly)"),
+        );
+    }
+}
+
+#[test]
+fn kills_at_random_moments_never_leave_a_mixed_lake() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let s1 = deliver(src.path(), Some(2), true, 3000);
+    finish_and_check(src.path(), lake.path(), &s1, "first load");
+    let s2 = deliver(src.path(), Some(9), true, 3000);
+    // Delays spread over a debug-build run of this size (about a second or two).
+    for (i, delay_ms) in [5u64, 40, 90, 150, 250, 400, 600, 900]
+        .into_iter()
+        .enumerate()
+    {
+        let mut child = Command::new(bin())
+            .args([
+                "run",
+                "--source",
+                src.path().to_str().unwrap(),
+                "--dest",
+                lake.path().to_str().unwrap(),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        assert_consistent(
+            lake.path(),
+            &s1,
+            &s2,
+            &format!("random kill #{i} after {delay_ms} ms"),
+        );
+    }
+    finish_and_check(src.path(), lake.path(), &s2, "after random kills");
+    let total: Decimal = s2.values().map(|v| v.1).sum();
+    assert!(total > Decimal::ZERO);
+}
