@@ -10,7 +10,8 @@
 //! `If-None-Match`, and COS support is unverified: there, two runs starting within the same
 //! second can both believe they hold the lock. billpipe re-reads the lock after writing it and
 //! backs off if another owner's id is there, which narrows that window but cannot close it; on
-//! such stores run one scheduler per lake.
+//! such stores run one scheduler per lake. (It also looks before it writes, so it never
+//! overwrites a live lock that is already there.)
 
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
@@ -128,22 +129,8 @@ pub fn acquire(lake: Arc<dyn Lake>, command: &str, options: &LockOptions) -> Res
         heartbeat_at: now(),
     };
     loop {
-        info.heartbeat_at = now();
-        let bytes = serde_json::to_vec_pretty(&info).map_err(|e| Error::Config(e.to_string()))?;
-        if lake.create_new(LOCK_PATH, &bytes)? {
-            if lake.exclusive_create() {
-                return Ok(start(lake, info));
-            }
-            // Stores that ignore If-None-Match let two writers "create" the lock; the one whose
-            // id is not what reads back steps aside.
-            std::thread::sleep(Duration::from_millis(500));
-            let now_there = read(lake.as_ref())?;
-            if now_there.as_ref().map(|l| &l.owner) == Some(&info.owner) {
-                return Ok(start(lake, info));
-            }
-        }
+        // Look first: on stores that ignore If-None-Match, creating would overwrite a live lock.
         match read(lake.as_ref())? {
-            None => continue, // released in between: try again
             Some(held) if held.is_stale(options.stale_after) => {
                 tracing::warn!("taking over a stale lock: {}", held.describe());
                 eprintln!("billpipe: taking over a stale lock left by {}", held.describe());
@@ -152,6 +139,7 @@ pub fn acquire(lake: Arc<dyn Lake>, command: &str, options: &LockOptions) -> Res
             Some(held) if options.wait => {
                 tracing::info!("waiting for the lock held by {}", held.describe());
                 std::thread::sleep(Duration::from_secs(2));
+                continue;
             }
             Some(held) => {
                 return Err(Error::Locked(format!(
@@ -159,6 +147,21 @@ pub fn acquire(lake: Arc<dyn Lake>, command: &str, options: &LockOptions) -> Res
                     lake.uri(),
                     held.describe()
                 )))
+            }
+            None => {}
+        }
+        info.heartbeat_at = now();
+        let bytes = serde_json::to_vec_pretty(&info).map_err(|e| Error::Config(e.to_string()))?;
+        if lake.create_new(LOCK_PATH, &bytes)? {
+            if lake.exclusive_create() {
+                return Ok(start(lake, info));
+            }
+            // Two runs that both found no lock may both have "created" it; the one whose id
+            // does not read back steps aside.
+            std::thread::sleep(Duration::from_millis(500));
+            let now_there = read(lake.as_ref())?;
+            if now_there.as_ref().map(|l| &l.owner) == Some(&info.owner) {
+                return Ok(start(lake, info));
             }
         }
     }

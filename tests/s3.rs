@@ -370,3 +370,89 @@ fn large_lake_files_go_up_as_multipart_uploads() {
         &[("2025-10", account, &csv_totals(&path))],
     );
 }
+
+#[test]
+fn the_lock_and_state_work_on_an_s3_lake() {
+    let ctx = ctx();
+    let src = new_bucket(&ctx, "lsrc");
+    let dst = new_bucket(&ctx, "llake");
+    let work = tempfile::tempdir().unwrap();
+    let a_d5 = deliver(
+        &ctx,
+        &src,
+        work.path(),
+        "100000000005",
+        "2025-12",
+        Some(5),
+        false,
+    );
+    let source = format!("s3://{src}/cos-bills");
+    let dest = format!("s3://{dst}/lake");
+
+    // A live run elsewhere holds the lock: refused with exit 4, nothing written.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let held = serde_json::json!({"owner": "other-run", "host": "other-host", "pid": 1, "command": "run",
+        "started_at": now, "heartbeat_at": now});
+    put(
+        &ctx,
+        &dst,
+        "lake/_billpipe/lock.json",
+        held.to_string().into_bytes(),
+    );
+    let args = s3_args();
+    let mut run_args = vec!["run", "--source", &source, "--dest", &dest];
+    run_args.extend(args.iter().map(String::as_str));
+    let out = billpipe(&run_args);
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("locked by another billpipe run other-run on host other-host"),
+        "{}",
+        out.stderr
+    );
+    assert!(!list(&ctx, &dst, "lake/")
+        .keys()
+        .any(|k| k.ends_with(".parquet")));
+
+    // The same lock, its heartbeat long stale: taken over, the run loads, the lock is released.
+    let stale = serde_json::json!({"owner": "other-run", "host": "other-host", "pid": 1, "command": "run",
+        "started_at": now - 3600, "heartbeat_at": now - 3600});
+    put(
+        &ctx,
+        &dst,
+        "lake/_billpipe/lock.json",
+        stale.to_string().into_bytes(),
+    );
+    let out = billpipe(&run_args);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("taking over a stale lock"),
+        "{}",
+        out.stderr
+    );
+    assert!(!list(&ctx, &dst, "lake/").contains_key("lake/_billpipe/lock.json"));
+    assert_sums(
+        &s3_lake_sums(&ctx, &dst, "lake/"),
+        &[("2025-12", "100000000005", &a_d5)],
+    );
+
+    // state reads the S3 ledger.
+    let mut state_args = vec!["state", "--dest", &dest, "--json"];
+    state_args.extend(args.iter().map(String::as_str));
+    let out = billpipe(&state_args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let state: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let unit = &state["tencent-focus/100000000005/2025-12"];
+    assert_eq!(unit["rows_loaded"], a_d5.rows);
+    assert_eq!(
+        unit["billed_cost"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        a_d5.billed.normalize()
+    );
+}
