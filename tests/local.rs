@@ -272,19 +272,9 @@ fn decodes_real_world_csv_shapes() {
     assert!(
         matches!(schema.field_with_name("ChargePeriodStart").unwrap().data_type(), DataType::Timestamp(_, Some(tz)) if tz.as_ref() == "UTC")
     );
-    let names = batch
-        .column_by_name("ResourceName")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let names = col::<StringArray>(&batch, "ResourceName");
     assert_eq!(names.value(0), "服务器, \"主\"\nline two");
-    let cost = batch
-        .column_by_name("BilledCost")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Decimal128Array>()
-        .unwrap();
+    let cost = col::<Decimal128Array>(&batch, "BilledCost");
     let total: i128 = cost.iter().flatten().sum();
     assert_eq!(
         Decimal::from_i128_with_scale(total, 18)
@@ -302,33 +292,13 @@ fn decodes_real_world_csv_shapes() {
         3,
         "- reads as null"
     );
-    let note = batch
-        .column_by_name("x_CustomNote")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let note = col::<StringArray>(&batch, "x_CustomNote");
     assert_eq!(note.value(0), "备注");
-    let lines = batch
-        .column_by_name("x_SourceLine")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
+    let lines = col::<Int64Array>(&batch, "x_SourceLine");
     assert_eq!(lines.values().to_vec(), vec![2, 4, 6]);
-    let keys = batch
-        .column_by_name("x_SourceKey")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap();
+    let keys = col::<StringArray>(&batch, "x_SourceKey");
     assert_eq!(keys.value(0), name);
-    let start = batch
-        .column_by_name("ChargePeriodStart")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<TimestampMicrosecondArray>()
-        .unwrap();
+    let start = col::<TimestampMicrosecondArray>(&batch, "ChargePeriodStart");
     assert_eq!(start.value(0), 1_764_547_200_000_000);
     // Partitioned by the Beijing-time month of BillingPeriodStart.
     assert!(files[0]

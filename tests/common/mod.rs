@@ -90,18 +90,8 @@ pub fn add_parquet(sums: &mut Sums, rel: &str, data: Bytes) {
     let entry = sums.entry(key.clone()).or_insert((0, Decimal::ZERO));
     for batch in reader {
         let batch = batch.unwrap();
-        let cost = batch
-            .column_by_name("BilledCost")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Decimal128Array>()
-            .unwrap();
-        let accounts = batch
-            .column_by_name("BillingAccountId")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
+        let cost = col::<Decimal128Array>(&batch, "BilledCost");
+        let accounts = col::<StringArray>(&batch, "BillingAccountId");
         for i in 0..batch.num_rows() {
             assert_eq!(
                 accounts.value(i),
@@ -114,6 +104,16 @@ pub fn add_parquet(sums: &mut Sums, rel: &str, data: Bytes) {
         }
         entry.0 += batch.num_rows() as u64;
     }
+}
+
+/// A column of a batch, by name, as its concrete array type.
+pub fn col<'a, T: 'static>(batch: &'a arrow_array::RecordBatch, name: &str) -> &'a T {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| panic!("column {name} has another type"))
 }
 
 /// Every `billing_period=*/**/*.parquet` file of a local lake, as a reader globbing would see it.
