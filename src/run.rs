@@ -241,10 +241,21 @@ pub fn run_with_progress(
         objects: to_load.len() as u64,
         bytes: to_load.iter().map(|i| planned[*i].object.size).sum(),
     });
+    // Until a job takes an object, it counts as not attempted (a run stopped by a failure
+    // must not report loads it never made).
     let results: Mutex<Vec<ObjectReport>> = Mutex::new(
         planned
             .iter()
-            .map(|p| object_report(p, outcome_of(p.action)))
+            .map(|p| match p.action {
+                Action::Skip => object_report(p, Outcome::Skip),
+                _ => ObjectReport {
+                    reason: format!(
+                        "not attempted: the run stopped first (planned: {})",
+                        p.reason
+                    ),
+                    ..object_report(p, Outcome::Skip)
+                },
+            })
             .collect(),
     );
     let next = AtomicUsize::new(0);
