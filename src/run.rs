@@ -31,7 +31,7 @@ use crate::lock::{self, LockOptions};
 use crate::plan::{self, Action, PlanOptions, PlannedObject};
 use crate::report::{ObjectReport, Outcome, RunReport, StageSeconds, Totals};
 use crate::s3::{S3Context, S3Options};
-use crate::source::{self, Source};
+use crate::source::{self, ObjectInfo, Source};
 use crate::validate::Validator;
 use crate::write::{PartitionedWriter, WriteOptions, WrittenPart};
 use crate::{Error, Result};
@@ -76,6 +76,9 @@ impl RunOptions {
 struct Context {
     pipeline: Pipeline,
     source: Arc<dyn Source>,
+    /// The source's listing, taken before the lake is touched: a missing bucket, bad
+    /// credentials or an unreachable endpoint fail the run before anything is written.
+    listing: Vec<ObjectInfo>,
     lake: Arc<dyn Lake>,
     /// Shared by the jobs; held only to read an entry or to record and save one.
     ledger: Mutex<Ledger>,
@@ -99,6 +102,7 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
         Ok(ctx)
     };
     let source: Arc<dyn Source> = Arc::from(source::open(&opts.source, s3)?);
+    let listing = source.list()?;
     let lake: Arc<dyn Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
     let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
     let decode = DecodeOptions {
@@ -117,6 +121,7 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     Ok(Context {
         pipeline,
         source,
+        listing,
         lake,
         ledger,
         decode,
@@ -176,9 +181,8 @@ pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
     let mut report = new_report("plan", opts);
     let ctx = open(opts, false)?;
     report.pipeline = ctx.pipeline.origin.clone();
-    let listing = ctx.source.list()?;
     let ledger = lock_ledger(&ctx.ledger)?;
-    for p in plan::plan(&ctx.pipeline, &listing, &ledger, &opts.plan) {
+    for p in plan::plan(&ctx.pipeline, &ctx.listing, &ledger, &opts.plan) {
         report.objects.push(object_report(&p, outcome_of(p.action)));
     }
     report.seconds = start.elapsed().as_secs_f64();
@@ -215,19 +219,17 @@ pub fn run_with_progress(
 ) -> Result<RunReport> {
     let start = Instant::now();
     let mut report = new_report("run", opts);
-    let ctx = open(opts, true)?;
+    let mut ctx = open(opts, true)?;
     report.pipeline = ctx.pipeline.origin.clone();
+    let waited = Instant::now();
     let _lock = lock::acquire(ctx.lake.clone(), "run", &opts.lock)?;
-    // Another run may have committed between opening and locking: plan from the latest ledger.
+    // Another run may have committed between opening and locking: plan from the latest ledger,
+    // and from a fresh listing if we waited for the lock.
     *lock_ledger(&ctx.ledger)? = Ledger::load(ctx.lake.as_ref())?;
-    let listing = match ctx.source.list() {
-        Ok(l) => l,
-        Err(e) => {
-            report.error = Some(format!("listing {}: {e}", ctx.source.uri()));
-            report.seconds = start.elapsed().as_secs_f64();
-            return Ok(report);
-        }
-    };
+    if waited.elapsed() > std::time::Duration::from_secs(2) {
+        ctx.listing = ctx.source.list()?;
+    }
+    let listing = std::mem::take(&mut ctx.listing);
     let planned = plan::plan(
         &ctx.pipeline,
         &listing,

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -18,7 +19,7 @@ use aws_sdk_s3::config::{
     ConfigBag, Intercept, Region, RequestChecksumCalculation, ResponseChecksumValidation,
     RuntimeComponents,
 };
-use aws_sdk_s3::error::BoxError;
+use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::retries::RequestAttempts;
@@ -170,9 +171,46 @@ impl Intercept for RetryLogger {
     }
 }
 
-/// The full message of an SDK error, including the service's code and message.
-pub fn describe<E: std::error::Error>(err: &E) -> String {
-    aws_sdk_s3::error::DisplayErrorContext(err).to_string()
+/// One line saying what went wrong with an S3 request, for people: the service's error code,
+/// HTTP status and message, with a hint for the usual causes; or why the endpoint could not be
+/// reached.
+pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let text = match err {
+        SdkError::ServiceError(_) => {
+            let status = err.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+            let code = err.code().unwrap_or(match status {
+                403 => "AccessDenied",
+                404 => "NotFound",
+                _ => "Error",
+            });
+            let hint = match code {
+                "NoSuchBucket" => " - does the bucket exist at this endpoint and region?",
+                "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" => {
+                    " - check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile) and the region"
+                }
+                _ => "",
+            };
+            let message = err.message().map(|m| format!(": {m}")).unwrap_or_default();
+            format!("{code} (HTTP {status}){message}{hint}")
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            format!("cannot reach the endpoint: {}", root_cause(err))
+        }
+        _ => aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+    };
+    text.replace(['\n', '\r'], " ")
+}
+
+/// The innermost error of a chain, which is where "connection refused" lives.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }
 
 #[cfg(test)]

@@ -456,3 +456,87 @@ fn the_lock_and_state_work_on_an_s3_lake() {
         a_d5.billed.normalize()
     );
 }
+
+#[test]
+fn a_missing_bucket_bad_credentials_or_no_endpoint_fail_in_one_line_writing_nothing() {
+    let ctx = ctx();
+    let src = new_bucket(&ctx, "errs");
+    put(&ctx, &src, "x.txt", b"x".to_vec());
+    let work = tempfile::tempdir().unwrap();
+    let dest = work.path().join("lake");
+    let dest_s = dest.to_str().unwrap();
+    let ep = endpoint();
+    let cases: Vec<(&str, Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "missing source bucket",
+            vec![
+                "--source".into(),
+                "s3://no-such-bucket-billpipe".into(),
+                "--dest".into(),
+                dest_s.into(),
+            ],
+            vec![],
+            "NoSuchBucket (HTTP 404)",
+        ),
+        (
+            "wrong secret",
+            vec![
+                "--source".into(),
+                format!("s3://{src}"),
+                "--dest".into(),
+                dest_s.into(),
+            ],
+            vec![(
+                "AWS_SECRET_ACCESS_KEY",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            )],
+            "check the credentials",
+        ),
+        (
+            "unreachable endpoint",
+            vec![
+                "--source".into(),
+                format!("s3://{src}"),
+                "--dest".into(),
+                dest_s.into(),
+                "--endpoint".into(),
+                "http://127.0.0.1:9".into(),
+            ],
+            vec![],
+            "cannot reach the endpoint",
+        ),
+        (
+            "missing lake bucket",
+            vec![
+                "--source".into(),
+                format!("s3://{src}"),
+                "--dest".into(),
+                "s3://no-such-lake-billpipe/x".into(),
+            ],
+            vec![],
+            "NoSuchBucket (HTTP 404)",
+        ),
+    ];
+    for (what, args, env, expected) in cases {
+        let mut all: Vec<&str> = vec!["run"];
+        all.extend(args.iter().map(String::as_str));
+        all.extend(["--region", "garage", "--path-style"]);
+        if !args.iter().any(|a| a == "--endpoint") {
+            all.extend(["--endpoint", &ep]);
+        }
+        let out = billpipe_env(&all, &env);
+        assert_eq!(out.code, 1, "{what}: {}{}", out.stdout, out.stderr);
+        let errors: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("billpipe: error"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{what}: {}", out.stderr);
+        assert!(
+            errors[0].contains(expected),
+            "{what}: {:?} lacks {expected:?}",
+            errors[0]
+        );
+        assert!(!dest.exists(), "{what}: the lake folder was created");
+    }
+}

@@ -24,8 +24,14 @@ pub struct Output {
 }
 
 pub fn billpipe(args: &[&str]) -> Output {
+    billpipe_env(args, &[])
+}
+
+/// Runs the binary with extra environment variables.
+pub fn billpipe_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run billpipe");
