@@ -466,7 +466,9 @@ fn a_missing_bucket_bad_credentials_or_no_endpoint_fail_in_one_line_writing_noth
     let dest = work.path().join("lake");
     let dest_s = dest.to_str().unwrap();
     let ep = endpoint();
-    let cases: Vec<(&str, Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+    // (what, arguments, environment, expected in the error line)
+    type Case<'a> = (&'a str, Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing source bucket",
             vec![
