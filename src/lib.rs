@@ -25,6 +25,7 @@ pub mod run;
 pub mod s3;
 pub mod schema;
 pub mod source;
+pub mod unpack;
 pub mod validate;
 pub mod write;
 

@@ -24,7 +24,6 @@ use arrow_array::RecordBatch;
 
 use crate::classify::{BillFile, Pipeline};
 use crate::decode::{format_decimal, parse_offset, CsvDecoder, DecodeOptions, RowProblem};
-use crate::fetch;
 use crate::lake::{self, Lake};
 use crate::ledger::{Ledger, LedgerEntry, OutputFile};
 use crate::lock::{self, LockOptions};
@@ -34,6 +33,7 @@ use crate::s3::{S3Context, S3Options};
 use crate::source::{self, ObjectInfo, Source};
 use crate::validate::Validator;
 use crate::write::{PartitionedWriter, WriteOptions, WrittenPart};
+use crate::{fetch, unpack};
 use crate::{Error, Result};
 
 pub const QUARANTINE_DIR: &str = "_quarantine";
@@ -54,6 +54,8 @@ pub struct RunOptions {
     /// Attempts at reading one object when its download breaks off (connection reset,
     /// truncated body); requests that fail outright are retried by the S3 client itself.
     pub fetch_attempts: u32,
+    /// Decompression bounds (zip-bomb guards).
+    pub limits: unpack::Limits,
 }
 
 impl RunOptions {
@@ -69,6 +71,7 @@ impl RunOptions {
             jobs: 1,
             lock: LockOptions::default(),
             fetch_attempts: 4,
+            limits: unpack::Limits::default(),
         }
     }
 }
@@ -373,54 +376,177 @@ fn load_snapshot(
     Ok(())
 }
 
-/// Runs fetch → decode → validate → write for one object into staging.
+/// What the write thread hands back: the partition files in staging and its busy seconds.
+type Written = Result<(Vec<WrittenPart>, f64)>;
+
+/// The decode → write half of one snapshot's pipeline, set up by its first CSV member.
+struct Sink {
+    schema: arrow_schema::SchemaRef,
+    validator: Validator,
+    tx: std::sync::mpsc::SyncSender<RecordBatch>,
+    writer: std::thread::JoinHandle<Written>,
+}
+
+/// Runs fetch (+ decompress) → decode → validate → write for one object into staging.
 fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<Staged> {
     let key = &bill.object.key;
     let schema = &ctx.pipeline.schema;
     let stem = bill.unit.file_stem();
     let (reader, fetcher) = fetch::spawn(ctx.source.clone(), bill.object.clone())?;
-    // If anything below fails, the fetch thread's error (a truncated body, say) is the better
-    // explanation than the parser's, so it is preferred.
-    let fetch_error =
-        |fetcher: std::thread::JoinHandle<Result<fetch::Fetched>>, other: Error| -> Error {
-            match fetcher.join() {
-                Ok(Err(e)) => fetch_failure(e),
-                _ => other,
-            }
-        };
-    let decoder = match CsvDecoder::new(reader, key, schema, ctx.decode.clone()) {
-        Ok(d) => d,
-        Err(e) => return Err(fetch_error(fetcher, e)),
-    };
-    let layout = decoder.layout().clone();
-    fault_point("fetch");
+    let quarantine_path = ctx
+        .lake
+        .staging()
+        .join(format!("{stem}.quarantine.csv.tmp"));
+    let mut quarantine = Quarantine::new(&quarantine_path);
+    let mut sink: Option<Sink> = None;
+    let mut notes = Vec::new();
+    let mut decode_time = std::time::Duration::ZERO;
     let part = &ctx.pipeline.partition;
-    let (validator, notes) = match Validator::new(
-        schema,
-        &layout,
-        &[&part.period_column, &part.account_column],
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            drop(decoder);
-            let _ = fetcher.join();
-            return Err(e);
+    let spill = ctx.lake.staging().join("spill");
+    // Every CSV member (one for a plain file, several in a zip) feeds the same writer.
+    let unpacked =
+        unpack::for_each_member(reader, key, &opts.limits, &spill, &mut |name, input| {
+            let started = Instant::now();
+            let decoder = CsvDecoder::new(input, name, schema, ctx.decode.clone())
+                .map_err(|e| member_error(name, key, e))?;
+            fault_point("fetch");
+            let layout = decoder.layout().clone();
+            let sink = match &mut sink {
+                Some(s) if s.schema != layout.schema => {
+                    return Err(Error::Rejected(format!(
+                        "{name}: its columns differ from the first CSV member's"
+                    )))
+                }
+                Some(s) => s,
+                None => {
+                    let (validator, header_notes) = Validator::new(
+                        schema,
+                        &layout,
+                        &[&part.period_column, &part.account_column],
+                    )?;
+                    notes.extend(header_notes.notes);
+                    let writer = PartitionedWriter::new(
+                        ctx.lake.staging(),
+                        &stem,
+                        layout.schema.clone(),
+                        &part.period_column,
+                        &part.account_column,
+                        ctx.period_offset_secs,
+                        opts.write.clone(),
+                    )?;
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+                    let writer = spawn_writer(writer, rx)?;
+                    sink.insert(Sink {
+                        schema: layout.schema.clone(),
+                        validator,
+                        tx,
+                        writer,
+                    })
+                }
+            };
+            let mut waiting = std::time::Duration::ZERO;
+            for item in decoder {
+                let decoded = item.map_err(|e| member_error(name, key, e))?;
+                let mut problems = decoded.problems;
+                let kept = sink.validator.check(decoded.batch, &mut problems)?;
+                quarantine.add(name, &problems)?;
+                let t = Instant::now();
+                if kept.num_rows() > 0 && sink.tx.send(kept).is_err() {
+                    return Err(Error::Rejected("the writer stopped".into())); // its error wins below
+                }
+                waiting += t.elapsed();
+                fault_point("write");
+            }
+            decode_time += started.elapsed().saturating_sub(waiting);
+            Ok(())
+        });
+    // Close the writer and collect everything, then decide which error (if any) explains best:
+    // a broken download, then the writer's own error, then the decoder's.
+    let written = match sink {
+        Some(Sink { tx, writer, .. }) => {
+            drop(tx);
+            Some(
+                writer
+                    .join()
+                    .map_err(|_| Error::Rejected("the write thread panicked".into()))
+                    .and_then(|r| r),
+            )
+        }
+        None => None,
+    };
+    let fetched = fetcher
+        .join()
+        .map_err(|_| Error::Rejected("the fetch thread panicked".into()))
+        .and_then(|r| r);
+    let discard = |written: &Option<Written>| {
+        if let Some(Ok((parts, _))) = written {
+            for p in parts {
+                let _ = std::fs::remove_file(&p.staged);
+            }
+        }
+        let _ = std::fs::remove_file(&quarantine_path);
+    };
+    let fetched = match (fetched, &unpacked) {
+        (Err(e), _) => {
+            discard(&written);
+            return Err(fetch_failure(e));
+        }
+        (Ok(f), Ok(_)) => f,
+        (Ok(_), Err(_)) => {
+            discard(&written);
+            if let Some(Err(e)) = written {
+                return Err(e);
+            }
+            return Err(unpacked
+                .err()
+                .unwrap_or_else(|| Error::Rejected("unknown".into())));
         }
     };
-    let writer = PartitionedWriter::new(
-        ctx.lake.staging(),
-        &stem,
-        layout.schema.clone(),
-        &part.period_column,
-        &part.account_column,
-        ctx.period_offset_secs,
-        opts.write.clone(),
-    )?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
-    let write_thread = std::thread::Builder::new()
+    let (parts, write_seconds) = match written {
+        Some(Ok(w)) => w,
+        Some(Err(e)) => {
+            let _ = std::fs::remove_file(&quarantine_path);
+            return Err(e);
+        }
+        None => (Vec::new(), 0.0),
+    };
+    notes.extend(unpacked.unwrap_or_default());
+    let (problems, rows_quarantined) = quarantine.finish()?;
+    Ok(Staged {
+        parts,
+        quarantine: (rows_quarantined > 0).then_some((quarantine_path, rows_quarantined)),
+        problems,
+        notes,
+        bytes_read: fetched.bytes,
+        stages: StageSeconds {
+            fetch: fetched.seconds,
+            decode: decode_time.as_secs_f64(),
+            write: write_seconds,
+            commit: 0.0,
+        },
+    })
+}
+
+/// Prefixes a decoder's message with the zip member it is about (a plain file's name is the key,
+/// which the report already shows).
+fn member_error(name: &str, key: &str, e: Error) -> Error {
+    match e {
+        Error::Rejected(why) if name != key => Error::Rejected(format!(
+            "{}: {why}",
+            name.rsplit('#').next().unwrap_or(name)
+        )),
+        other => other,
+    }
+}
+
+/// The write stage's thread: batches in, partition files out, with its busy time.
+fn spawn_writer(
+    mut writer: PartitionedWriter,
+    rx: std::sync::mpsc::Receiver<RecordBatch>,
+) -> Result<std::thread::JoinHandle<Written>> {
+    std::thread::Builder::new()
         .name("billpipe-write".into())
         .spawn(move || {
-            let mut writer = writer;
             let mut busy = std::time::Duration::ZERO;
             for batch in rx {
                 let t = Instant::now();
@@ -434,89 +560,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
             let parts = writer.finish()?;
             Ok((parts, (busy + t.elapsed()).as_secs_f64()))
         })
-        .map_err(|e| Error::io("write thread", e))?;
-
-    let quarantine_path = ctx
-        .lake
-        .staging()
-        .join(format!("{stem}.quarantine.csv.tmp"));
-    let mut quarantine = Quarantine::new(&quarantine_path, key);
-    let mut decode_result: Result<()> = Ok(());
-    let decode_started = Instant::now();
-    let mut waiting_for_writer = std::time::Duration::ZERO;
-    for item in decoder {
-        let step = item.and_then(|decoded| {
-            let mut problems = decoded.problems;
-            let kept = validator.check(decoded.batch, &mut problems)?;
-            quarantine.add(&problems)?;
-            Ok(kept)
-        });
-        match step {
-            Ok(kept) => {
-                let t = Instant::now();
-                let sent = kept.num_rows() == 0 || tx.send(kept).is_ok();
-                fault_point("write");
-                waiting_for_writer += t.elapsed();
-                if !sent {
-                    break; // the writer failed; its error is collected below
-                }
-            }
-            Err(e) => {
-                decode_result = Err(e);
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let decode_seconds =
-        (decode_started.elapsed().saturating_sub(waiting_for_writer)).as_secs_f64();
-    let written = write_thread
-        .join()
-        .map_err(|_| Error::Rejected("the write thread panicked".into()))?;
-    let cleanup = |parts: &[WrittenPart], q: &Path| {
-        for p in parts {
-            let _ = std::fs::remove_file(&p.staged);
-        }
-        let _ = std::fs::remove_file(q);
-    };
-    if let Err(e) = decode_result {
-        if let Ok((parts, _)) = &written {
-            cleanup(parts, &quarantine_path);
-        }
-        return Err(fetch_error(fetcher, e));
-    }
-    let (parts, write_seconds) = match written {
-        Ok(parts) => parts,
-        Err(e) => {
-            let _ = std::fs::remove_file(&quarantine_path);
-            return Err(fetch_error(fetcher, e));
-        }
-    };
-    let fetched = match fetcher.join() {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            cleanup(&parts, &quarantine_path);
-            return Err(fetch_failure(e));
-        }
-        Err(_) => {
-            cleanup(&parts, &quarantine_path);
-            return Err(Error::Rejected("the fetch thread panicked".into()));
-        }
-    };
-    let (problems, rows_quarantined) = quarantine.finish()?;
-    Ok(Staged {
-        parts,
-        quarantine: (rows_quarantined > 0).then_some((quarantine_path, rows_quarantined)),
-        problems,
-        notes: notes.notes,
-        bytes_read: fetched.bytes,
-        stages: StageSeconds {
-            fetch: fetched.seconds,
-            decode: decode_seconds,
-            write: write_seconds,
-            commit: 0.0,
-        },
-    })
+        .map_err(|e| Error::io("write thread", e))
 }
 
 /// Crash-test hook: with `BILLPIPE_FAULT_KILL_AT=<point>` in the environment, the process
@@ -623,24 +667,22 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
 /// Rejected rows of one file, as CSV: source_key, line, column, value, reason.
 struct Quarantine {
     path: PathBuf,
-    key: String,
     writer: Option<csv::Writer<std::fs::File>>,
     rows: std::collections::BTreeSet<u64>,
     sample: Vec<String>,
 }
 
 impl Quarantine {
-    fn new(path: &Path, key: &str) -> Quarantine {
+    fn new(path: &Path) -> Quarantine {
         Quarantine {
             path: path.to_path_buf(),
-            key: key.to_string(),
             writer: None,
             rows: Default::default(),
             sample: Vec::new(),
         }
     }
 
-    fn add(&mut self, problems: &[RowProblem]) -> Result<()> {
+    fn add(&mut self, source_key: &str, problems: &[RowProblem]) -> Result<()> {
         if problems.is_empty() {
             return Ok(());
         }
@@ -656,7 +698,7 @@ impl Quarantine {
         };
         for p in problems {
             w.write_record([
-                &self.key,
+                source_key,
                 &p.line.to_string(),
                 &p.column,
                 &p.value,
