@@ -12,7 +12,7 @@
 //! the bytes actually produced are counted against the same limits while reading, so a member
 //! that lies about its size is stopped too. Errors name the member.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -66,12 +66,17 @@ pub fn for_each_member(
     spill_dir: &Path,
     each: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
 ) -> Result<Vec<String>> {
-    let mut input = BufReader::with_capacity(1 << 20, input);
-    let prefix = input
-        .fill_buf()
-        .map_err(|e| Error::Fetch(format!("{key}: {e}")))?
-        .to_vec();
-    match sniff(&prefix) {
+    // Peek at the magic bytes and hand them back in front of the stream (no extra buffer
+    // layer: plain CSV, the common case, goes straight to the parser).
+    let mut input = input;
+    let mut prefix = Vec::with_capacity(4);
+    (&mut input)
+        .take(4)
+        .read_to_end(&mut prefix)
+        .map_err(|e| Error::Fetch(format!("{key}: {e}")))?;
+    let kind = sniff(&prefix);
+    let mut input = io::Cursor::new(prefix).chain(input);
+    match kind {
         Compression::Plain => each(key, &mut input).map(|_| Vec::new()),
         Compression::Gzip => {
             let (counted, consumed) = Counted::new(input);
