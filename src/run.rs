@@ -1,8 +1,11 @@
-//! Wires the stages together for `billpipe run` and `billpipe plan`.
+//! Wires the stages together for `billpipe run`, `plan` and `state`.
 //!
-//! Per snapshot to load, three threads form a bounded pipeline, so memory does not grow with
-//! the file: fetch (source bytes → channel of 1 MiB chunks), decode + validate (this thread:
-//! CSV → typed batches, bad rows to the quarantine), write (batches → Parquet in staging).
+//! A run lists the source first (so a missing bucket or bad credentials fail before the lake is
+//! touched), takes the lake's lock, plans from the ledger, then loads the planned objects,
+//! `--jobs` at a time. Per object, three threads form a bounded pipeline, so memory does not grow
+//! with the file: fetch (source bytes → channel of 1 MiB chunks, decompressed by `unpack`),
+//! decode + validate (the job's thread: CSV → typed batches, bad rows to the quarantine), write
+//! (batches → Parquet in staging). A download that breaks off is started over (`Error::Fetch`).
 //!
 //! Commit protocol, per snapshot, after the whole file has been read without a file-level error:
 //! 1. each partition file is published over the unit's previous file in that partition
