@@ -13,12 +13,13 @@ use chrono::NaiveDate;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::mapping::Mapping;
 use crate::schema::Schema;
 use crate::source::ObjectInfo;
 use crate::{Error, Result};
 
-const EMBEDDED_DEFAULT: &str = include_str!("../pipelines/tencent-focus.toml");
-pub const DEFAULT_PIPELINE: &str = "pipelines/tencent-focus.toml";
+const EMBEDDED_DEFAULT: &str = include_str!("../pipelines/tencent.toml");
+pub const DEFAULT_PIPELINE: &str = "pipelines/tencent.toml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +79,8 @@ struct FamilyDef {
     /// is the month of (date - lag).
     #[serde(default)]
     data_lag_days: u32,
+    /// A native format's mapping to FOCUS (`schemas/<mapping>.toml`); none for FOCUS files.
+    mapping: Option<String>,
 }
 
 fn default_format() -> String {
@@ -100,6 +103,7 @@ pub struct Family {
     pub snapshot: SnapshotKind,
     pub format: String,
     pub data_lag_days: u32,
+    pub mapping: Option<std::sync::Arc<Mapping>>,
     regex: Regex,
 }
 
@@ -115,7 +119,7 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Loads a pipeline file. Without an explicit path, `pipelines/tencent-focus.toml` in the
+    /// Loads a pipeline file. Without an explicit path, `pipelines/tencent.toml` in the
     /// working directory is used if present, else the copy compiled into the binary.
     pub fn load(path: Option<&Path>) -> Result<Pipeline> {
         let default = PathBuf::from(DEFAULT_PIPELINE);
@@ -138,7 +142,7 @@ impl Pipeline {
             }
             None => (
                 EMBEDDED_DEFAULT.to_string(),
-                "embedded tencent-focus pipeline".to_string(),
+                "embedded tencent pipeline".to_string(),
                 None,
             ),
         };
@@ -171,12 +175,17 @@ impl Pipeline {
                     f.name, f.format
                 )));
             }
+            let mapping = match &f.mapping {
+                Some(name) => Some(std::sync::Arc::new(Mapping::load(name, schema_dir)?)),
+                None => None,
+            };
             families.push(Family {
                 name: f.name,
                 unit: f.unit,
                 snapshot: f.snapshot,
                 format: f.format,
                 data_lag_days: f.data_lag_days,
+                mapping,
                 regex,
             });
         }
@@ -236,6 +245,7 @@ impl Pipeline {
             return Classification::Bill(BillFile {
                 object: obj.clone(),
                 family: family.name.clone(),
+                mapping: family.mapping.clone(),
                 unit: SnapshotUnit {
                     unit: family.unit.clone(),
                     account,
@@ -316,6 +326,8 @@ impl fmt::Display for SnapshotRank {
 pub struct BillFile {
     pub object: ObjectInfo,
     pub family: String,
+    /// The family's native→FOCUS mapping, if its files are not FOCUS.
+    pub mapping: Option<std::sync::Arc<Mapping>>,
     pub unit: SnapshotUnit,
     pub rank: SnapshotRank,
 }
@@ -364,6 +376,27 @@ mod tests {
             SnapshotRank::Cumulative("20251210".into())
                 > SnapshotRank::Cumulative("20251209".into())
         );
+        // Tencent's native detail bills (every documented name form), with their mapping.
+        for (key, family, month, unit) in [
+            ("100010445724-20241208-by_used_time-bill_details.zip", "detail-daily", "2024-12", "tencent"),
+            ("200020475883-20210810-bill_details.zip", "detail-daily", "2021-08", "tencent"),
+            ("100010445724-202411-by_used_time-bill_details.zip", "detail-monthly", "2024-11", "tencent"),
+            ("100010445724-202411-by_used_time-bill_pack.zip", "bill-pack", "2024-11", "tencent"),
+            ("100000000001-20221128-按扣费周期-明细账单.zip", "cn-detail-daily", "2022-11", "tencent"),
+            ("100000000001-202211-按扣费周期-明细账单.zip", "cn-detail-monthly", "2022-11", "tencent"),
+            (
+                "100010445724-2021-03--by_used_time-bill-details-consolidated_bill-61121cbd9017a16285769571173521960.zip",
+                "reseller-consolidated",
+                "2021-03",
+                "tencent-consolidated",
+            ),
+            ("L3-bill_details-800001608331-202412-xxx-test.csv", "reseller-l3", "2024-12", "tencent-l3"),
+            ("L3-bill_details-800000950266-AllResellersBills-202411-xxxx-test.zip", "reseller-l3-pack", "2024-11", "tencent-l3"),
+        ] {
+            let b = bill(&p, key);
+            assert_eq!((b.family.as_str(), b.unit.month.as_str(), b.unit.unit.as_str()), (family, month, unit), "{key}");
+            assert!(b.mapping.is_some(), "{key}");
+        }
         // Delivered on the 1st: month-to-date through yesterday, i.e. the previous month.
         let first = bill(&p, "FOCUS-bill_details-200020002001-20260101.CSV");
         assert_eq!(first.unit.month, "2025-12");
@@ -373,7 +406,7 @@ mod tests {
             "FOCUS-bill_details-200020002001-20251340.CSV",
             "FOCUS-bill_details-200020002001-20251209.CSV.bak",
             "xFOCUS-bill_details-200020002001-20251209.CSV",
-            "100010445724-20241208-by_used_time-bill_details.zip",
+            "L2-bill_by_Instance-800000425835-202412-xx-test.csv",
             "dir/",
         ] {
             assert!(

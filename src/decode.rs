@@ -21,6 +21,9 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
 use csv::ByteRecord;
 
+use std::collections::HashMap;
+
+use crate::mapping::{self, Mapping};
 use crate::schema::{ColumnType, Schema};
 use crate::{Error, Result};
 
@@ -71,8 +74,33 @@ enum Kind {
 #[derive(Debug, Clone)]
 struct OutColumn {
     name: String,
-    source: Option<usize>,
+    source: Source,
     kind: Kind,
+}
+
+/// Where an output column's raw value comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// Not in the file: null.
+    Absent,
+    /// A field of the row.
+    Field(usize),
+    /// The same value on every row (mapping constants, the bill month's period bounds).
+    Constant(Vec<u8>),
+    /// Looked up in a mapping table by the value of a field.
+    Table {
+        field: usize,
+        native: String,
+        values: Arc<HashMap<String, Vec<u8>>>,
+    },
+}
+
+/// A native-format file's mapping to FOCUS plus what comes from outside the file.
+#[derive(Debug, Clone)]
+pub struct MappedInput {
+    pub mapping: Arc<Mapping>,
+    /// BillingPeriodStart and BillingPeriodEnd of the bill month, as UTC date-time text.
+    pub period: (String, String),
 }
 
 /// How a file's header maps to output columns. Decided once per file.
@@ -88,13 +116,21 @@ pub struct Layout {
     pub extra: Vec<String>,
     /// Header names matched only case-insensitively: (in file, schema name).
     pub case_mismatches: Vec<(String, String)>,
+    /// Mandatory columns a mapping declares its native format does not have.
+    pub unavailable: Vec<String>,
+    /// Columns set to 0 where another column has a value (`zero_when`), as output indices.
+    zero_when: Vec<(usize, usize, String)>,
     columns: Vec<OutColumn>,
 }
 
 impl Layout {
     /// Builds the layout from a header row. Fails on duplicated or empty names, and on names
     /// that collide with the lineage columns.
-    pub fn from_header(header: &[String], schema: &Schema) -> Result<Layout> {
+    pub fn from_header(
+        header: &[String],
+        schema: &Schema,
+        mapped: Option<&MappedInput>,
+    ) -> Result<Layout> {
         let mut seen = std::collections::HashMap::new();
         for (i, name) in header.iter().enumerate() {
             if name.is_empty() {
@@ -122,6 +158,19 @@ impl Layout {
         let mut absent = Vec::new();
         let mut case_mismatches = Vec::new();
         for col in &schema.columns {
+            if let Some(m) = mapped {
+                let source = mapped_source(col.name.as_str(), header, m, &mut used);
+                if matches!(source, Source::Absent) {
+                    absent.push(col.name.clone());
+                }
+                fields.push(Field::new(&col.name, schema.arrow_type(col.ty), true));
+                columns.push(OutColumn {
+                    name: col.name.clone(),
+                    source,
+                    kind: kind_of(col.ty),
+                });
+                continue;
+            }
             let exact = header.iter().position(|h| h == &col.name);
             let source = exact.or_else(|| {
                 let found = header
@@ -137,31 +186,56 @@ impl Layout {
                 Some(i) => used[i] = true,
                 None => absent.push(col.name.clone()),
             }
-            let kind = match col.ty {
-                ColumnType::String | ColumnType::Json => Kind::Utf8,
-                ColumnType::Decimal => Kind::Decimal,
-                ColumnType::Timestamp => Kind::Timestamp,
-            };
             fields.push(Field::new(&col.name, schema.arrow_type(col.ty), true));
             columns.push(OutColumn {
                 name: col.name.clone(),
-                source,
-                kind,
+                source: source.map_or(Source::Absent, Source::Field),
+                kind: kind_of(col.ty),
             });
+        }
+        // Native columns used to derive others stay too: nothing is rewritten out of sight.
+        if let Some(m) = mapped {
+            for d in &m.mapping.derived {
+                if let Some(i) = Mapping::find(header, &d.from) {
+                    used[i] = false;
+                }
+            }
         }
         let mut extra = Vec::new();
         for (i, name) in header.iter().enumerate() {
             if used[i] {
                 continue;
             }
-            extra.push(name.clone());
-            fields.push(Field::new(name, arrow_schema::DataType::Utf8, true));
+            // Mapped files: native names become `x_` columns; FOCUS files keep theirs.
+            let out = match mapped {
+                Some(_) => mapping::custom_name(name),
+                None => name.clone(),
+            };
+            if fields.iter().any(|f: &Field| f.name() == &out) {
+                return Err(Error::Rejected(format!(
+                    "line 1: header column {name:?} would be written as {out}, which exists already"
+                )));
+            }
+            extra.push(out.clone());
+            fields.push(Field::new(&out, arrow_schema::DataType::Utf8, true));
             columns.push(OutColumn {
-                name: name.clone(),
-                source: Some(i),
+                name: out,
+                source: Source::Field(i),
                 kind: Kind::Utf8,
             });
         }
+        let index = |name: &str| columns.iter().position(|c: &OutColumn| c.name == name);
+        let mut zero_when = Vec::new();
+        if let Some(m) = mapped {
+            for z in &m.mapping.zero_when {
+                if let (Some(target), Some(when)) = (index(&z.column), index(&z.when_column)) {
+                    zero_when.push((target, when, z.equals.clone()));
+                }
+            }
+        }
+        let unavailable = mapped
+            .map(|m| m.mapping.unavailable.clone())
+            .unwrap_or_default();
         fields.push(Field::new(
             SOURCE_KEY_COLUMN,
             arrow_schema::DataType::Utf8,
@@ -177,6 +251,8 @@ impl Layout {
             absent,
             extra,
             case_mismatches,
+            unavailable,
+            zero_when,
             columns,
         })
     }
@@ -184,6 +260,54 @@ impl Layout {
     /// Index of a column in the output schema.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.schema.index_of(name).ok()
+    }
+}
+
+fn kind_of(ty: ColumnType) -> Kind {
+    match ty {
+        ColumnType::String | ColumnType::Json => Kind::Utf8,
+        ColumnType::Decimal => Kind::Decimal,
+        ColumnType::Timestamp => Kind::Timestamp,
+    }
+}
+
+/// Where a FOCUS column of a mapped (native) file comes from; marks the native field used.
+fn mapped_source(focus: &str, header: &[String], m: &MappedInput, used: &mut [bool]) -> Source {
+    let mapping = &m.mapping;
+    if let Some(i) = mapping
+        .columns
+        .get(focus)
+        .and_then(|a| Mapping::find(header, a))
+    {
+        used[i] = true;
+        return Source::Field(i);
+    }
+    for d in &mapping.derived {
+        let (Some(pos), Some(field)) = (
+            d.sets.iter().position(|s| s == focus),
+            Mapping::find(header, &d.from),
+        ) else {
+            continue;
+        };
+        used[field] = true;
+        let values = d
+            .table
+            .iter()
+            .map(|(k, v)| (k.clone(), v[pos].clone().into_bytes()))
+            .collect();
+        return Source::Table {
+            field,
+            native: header[field].clone(),
+            values: Arc::new(values),
+        };
+    }
+    if let Some(v) = mapping.constants.get(focus) {
+        return Source::Constant(v.clone().into_bytes());
+    }
+    match focus {
+        "BillingPeriodStart" => Source::Constant(m.period.0.clone().into_bytes()),
+        "BillingPeriodEnd" => Source::Constant(m.period.1.clone().into_bytes()),
+        _ => Source::Absent,
     }
 }
 
@@ -224,7 +348,13 @@ enum Value {
 
 impl<R: Read> CsvDecoder<R> {
     /// Reads the header of `input` (a UTF-8 BOM is skipped) and decides the layout.
-    pub fn new(mut input: R, key: &str, schema: &Schema, options: DecodeOptions) -> Result<Self> {
+    pub fn new(
+        mut input: R,
+        key: &str,
+        schema: &Schema,
+        options: DecodeOptions,
+        mapped: Option<&MappedInput>,
+    ) -> Result<Self> {
         let (first_line, crlf) = peek_first_line(&mut input)
             .map_err(|e| Error::Rejected(format!("line 1: cannot read the header: {e}")))?;
         let input = Guard::new(
@@ -267,7 +397,7 @@ impl<R: Read> CsvDecoder<R> {
             })?;
             header.push(name.trim().to_string());
         }
-        let layout = Layout::from_header(&header, schema)?;
+        let layout = Layout::from_header(&header, schema, mapped)?;
         Ok(CsvDecoder {
             reader,
             crlf_line_shift: u64::from(crlf),
@@ -341,11 +471,23 @@ impl<R: Read> CsvDecoder<R> {
             return Ok(false);
         }
         for (c, col) in self.layout.columns.iter().enumerate() {
-            let Some(src) = col.source else {
-                self.scratch[c] = Value::Null;
-                continue;
+            let field = match resolve(&col.source, &self.record) {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    self.scratch[c] = Value::Null;
+                    continue;
+                }
+                Err(reason) => {
+                    ok = false;
+                    problems.push(RowProblem {
+                        line,
+                        column: col.name.clone(),
+                        value: String::new(),
+                        reason,
+                    });
+                    continue;
+                }
             };
-            let field = &self.record[src];
             if self.is_null(field) {
                 self.scratch[c] = Value::Null;
                 continue;
@@ -379,7 +521,7 @@ impl<R: Read> CsvDecoder<R> {
         self.layout
             .columns
             .iter()
-            .find(|c| c.source == Some(source_index))
+            .find(|c| matches!(c.source, Source::Field(i) if i == source_index))
             .map(|c| c.name.clone())
             .unwrap_or_else(|| format!("#{}", source_index + 1))
     }
@@ -419,12 +561,13 @@ impl<R: Read> CsvDecoder<R> {
                 continue;
             }
             for (c, b) in builders.iter_mut().enumerate() {
-                let src = self.layout.columns[c].source;
+                let src = &self.layout.columns[c].source;
                 match (self.scratch[c], b) {
                     (Value::Null, b) => b.append_null(),
                     (Value::Text, Builder::Utf8(b)) => {
                         // Checked as UTF-8 in parse_record; the array is re-checked in bulk.
-                        b.append_value(src.map(|s| &self.record[s]).unwrap_or(b""));
+                        let value = resolve(src, &self.record).ok().flatten();
+                        b.append_value(value.unwrap_or(b""));
                     }
                     (Value::Decimal(v), Builder::Decimal(b)) => b.append_value(v),
                     (Value::Micros(v), Builder::Timestamp(b)) => b.append_value(v),
@@ -444,6 +587,9 @@ impl<R: Read> CsvDecoder<R> {
         }
         arrays.push(Arc::new(keys.finish()));
         arrays.push(Arc::new(lines.finish()));
+        for (target, when, equals) in &self.layout.zero_when {
+            arrays[*target] = zero_where(&arrays[*target], &arrays[*when], equals)?;
+        }
         let batch = RecordBatch::try_new(self.layout.schema.clone(), arrays)?;
         Ok(Some(DecodedBatch { batch, problems }))
     }
@@ -522,6 +668,60 @@ impl<R: Read> Iterator for CsvDecoder<R> {
             }
         }
     }
+}
+
+/// The raw bytes of an output column for the current row: `None` for an absent column, an error
+/// for a value a mapping table does not know.
+fn resolve<'a>(
+    source: &'a Source,
+    record: &'a ByteRecord,
+) -> std::result::Result<Option<&'a [u8]>, String> {
+    match source {
+        Source::Absent => Ok(None),
+        Source::Field(i) => Ok(record.get(*i)),
+        Source::Constant(v) => Ok(Some(v)),
+        Source::Table {
+            field,
+            native,
+            values,
+        } => {
+            let raw = record.get(*field).unwrap_or(b"");
+            let key = mapping::normalise(&String::from_utf8_lossy(raw));
+            match values.get(&key) {
+                Some(v) => Ok(Some(v)),
+                None => Err(format!(
+                    "{native} {:?} is not in the mapping table; add it to the mapping file",
+                    String::from_utf8_lossy(raw)
+                )),
+            }
+        }
+    }
+}
+
+/// `column` with 0 wherever `when` equals `equals` (BilledCost on Credit rows).
+fn zero_where(column: &ArrayRef, when: &ArrayRef, equals: &str) -> Result<ArrayRef> {
+    use arrow_array::{Array, Decimal128Array};
+    let (Some(values), Some(flags)) = (
+        column.as_any().downcast_ref::<Decimal128Array>(),
+        when.as_any().downcast_ref::<StringArray>(),
+    ) else {
+        return Ok(column.clone());
+    };
+    let zeroed: Decimal128Array = (0..values.len())
+        .map(|i| {
+            if flags.is_valid(i) && flags.value(i) == equals {
+                Some(0)
+            } else if values.is_valid(i) {
+                Some(values.value(i))
+            } else {
+                None
+            }
+        })
+        .collect();
+    Ok(Arc::new(zeroed.with_precision_and_scale(
+        values.precision(),
+        values.scale(),
+    )?))
 }
 
 /// Reads up to and including the first `\n` (at most 1 MiB) and tells whether the line ends in

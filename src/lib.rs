@@ -19,6 +19,7 @@ pub mod generate;
 pub mod lake;
 pub mod ledger;
 pub mod lock;
+pub mod mapping;
 pub mod plan;
 pub mod report;
 pub mod run;

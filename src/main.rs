@@ -98,7 +98,7 @@ struct RunArgs {
     /// Where the lake is: a local folder or s3://bucket[/prefix]
     #[arg(long)]
     dest: String,
-    /// Pipeline file (default: pipelines/tencent-focus.toml, else the built-in copy)
+    /// Pipeline file (default: pipelines/tencent.toml, else the built-in copy)
     #[arg(long)]
     pipeline: Option<PathBuf>,
     /// Write the run report as JSON to this file

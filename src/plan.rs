@@ -204,7 +204,7 @@ mod tests {
         ledger.record(LedgerEntry {
             unit: b.unit,
             source: o.clone(),
-            family: b.family,
+            family: b.family.clone(),
             rank: b.rank,
             outputs: vec![],
             quarantine: None,

@@ -26,10 +26,14 @@ use std::time::Instant;
 use arrow_array::RecordBatch;
 
 use crate::classify::{BillFile, Pipeline};
-use crate::decode::{format_decimal, parse_offset, CsvDecoder, DecodeOptions, RowProblem};
+use crate::decode::{
+    days_from_civil, format_decimal, parse_offset, CsvDecoder, DecodeOptions, MappedInput,
+    RowProblem,
+};
 use crate::lake::{self, Lake};
 use crate::ledger::{Ledger, LedgerEntry, OutputFile};
 use crate::lock::{self, LockOptions};
+use crate::mapping::Mapping;
 use crate::plan::{self, Action, PlanOptions, PlannedObject};
 use crate::report::{ObjectReport, Outcome, RunReport, StageSeconds, Totals};
 use crate::s3::{S3Context, S3Options};
@@ -406,12 +410,21 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
     let mut decode_time = std::time::Duration::ZERO;
     let part = &ctx.pipeline.partition;
     let spill = ctx.lake.staging().join("spill");
+    let mapped = match &bill.mapping {
+        Some(m) => Some(mapped_input(m.clone(), &bill.unit.month)?),
+        None => None,
+    };
+    let mut decode_options = ctx.decode.clone();
+    if let Some(m) = &bill.mapping {
+        decode_options.naive_offset_secs = parse_offset(&m.time_offset)?;
+    }
     // Every CSV member (one for a plain file, several in a zip) feeds the same writer.
     let unpacked =
         unpack::for_each_member(reader, key, &opts.limits, &spill, &mut |name, input| {
             let started = Instant::now();
-            let decoder = CsvDecoder::new(input, name, schema, ctx.decode.clone())
-                .map_err(|e| member_error(name, key, e))?;
+            let decoder =
+                CsvDecoder::new(input, name, schema, decode_options.clone(), mapped.as_ref())
+                    .map_err(|e| member_error(name, key, e))?;
             fault_point("fetch");
             let layout = decoder.layout().clone();
             let sink = match &mut sink {
@@ -527,6 +540,26 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
             write: write_seconds,
             commit: 0.0,
         },
+    })
+}
+
+/// A native file's mapping plus its bill month's bounds: the month in the mapping's time zone,
+/// as UTC instants (start inclusive, end exclusive, as FOCUS defines them).
+fn mapped_input(mapping: Arc<Mapping>, month: &str) -> Result<MappedInput> {
+    let offset = parse_offset(&mapping.time_offset)?;
+    let bad = || Error::Config(format!("bad bill month {month:?}"));
+    let (y, m) = month.split_once('-').ok_or_else(bad)?;
+    let (y, m): (i64, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let utc = |y: i64, m: u32| {
+        let secs = days_from_civil(y, m, 1) * 86_400 - offset;
+        chrono::DateTime::from_timestamp(secs, 0)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .ok_or_else(bad)
+    };
+    Ok(MappedInput {
+        mapping,
+        period: (utc(y, m)?, utc(ny, nm)?),
     })
 }
 

@@ -40,7 +40,7 @@ impl Validator {
             .columns
             .iter()
             .filter(|c| c.feature_level == FeatureLevel::Mandatory)
-            .filter(|c| layout.absent.contains(&c.name))
+            .filter(|c| layout.absent.contains(&c.name) && !layout.unavailable.contains(&c.name))
             .map(|c| c.name.as_str())
             .collect();
         if !missing.is_empty() {
@@ -51,6 +51,12 @@ impl Validator {
             )));
         }
         let mut notes = HeaderNotes::default();
+        if !layout.unavailable.is_empty() {
+            notes.notes.push(format!(
+                "mapped from a native format without {} (written as null)",
+                layout.unavailable.join(", ")
+            ));
+        }
         for (found, name) in &layout.case_mismatches {
             notes.notes.push(format!("column {found:?} read as {name}"));
         }

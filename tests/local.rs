@@ -79,7 +79,7 @@ fn example_bucket_loads_with_exact_totals() {
     assert_eq!(bad.bad_rows, 1);
     let q = std::fs::read_to_string(
         lake.path()
-            .join("_quarantine/tencent-focus-200020002002-202512.csv"),
+            .join("_quarantine/tencent-200020002002-202512.csv"),
     )
     .unwrap();
     let mut lines = q.lines();

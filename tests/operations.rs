@@ -72,7 +72,7 @@ fn state_shows_the_ledger_and_reset_makes_the_next_run_reload() {
     let out = billpipe(&["state", "--dest", dest, "--json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let state: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let unit = &state["tencent-focus/200020002002/2025-12"];
+    let unit = &state["tencent/200020002002/2025-12"];
     assert_eq!(unit["rows_loaded"], 19);
     assert_eq!(unit["rows_quarantined"], 1);
     assert_eq!(unit["billed_cost"], "1210.1626119");
@@ -104,7 +104,7 @@ fn state_shows_the_ledger_and_reset_makes_the_next_run_reload() {
         reset.stdout
     );
     assert!(
-        reset.stdout.contains("tencent-focus/200020002002/2025-12"),
+        reset.stdout.contains("tencent/200020002002/2025-12"),
         "{}",
         reset.stdout
     );

@@ -445,7 +445,7 @@ fn the_lock_and_state_work_on_an_s3_lake() {
     let out = billpipe(&state_args);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let state: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    let unit = &state["tencent-focus/100000000005/2025-12"];
+    let unit = &state["tencent/100000000005/2025-12"];
     assert_eq!(unit["rows_loaded"], a_d5.rows);
     assert_eq!(
         unit["billed_cost"]

@@ -1,0 +1,136 @@
+//! Native → FOCUS mappings as data (`schemas/<name>.toml`): how a provider's own bill columns
+//! become FOCUS columns, without Rust per provider.
+//!
+//! A mapping gives, for FOCUS columns:
+//! - `columns`: the native header names it is read from (every known spelling: English variants,
+//!   the Chinese headers of `zh_cn` files), first one present wins;
+//! - `derived`: columns set from one native column through a table (Tencent's Transaction Type
+//!   → ChargeCategory, ChargeClass, ChargeFrequency); a value missing from the table is a row
+//!   problem, never a guess;
+//! - `constants`: fixed values (ProviderName);
+//! - `zero_when`: a FOCUS column set to 0 on rows where another has a value (BilledCost on
+//!   Credit rows, per Tencent's own FOCUS mapping);
+//! - `unavailable`: mandatory FOCUS columns the native format simply does not have (written as
+//!   null, and said so), rather than rejecting every file.
+//!
+//! BillingPeriodStart/End come from the bill month in the object's name. Every native column
+//! without a FOCUS home is kept as `x_<Name>` (spaces and punctuation dropped), so nothing is lost.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Derived {
+    /// Native header names of the source column.
+    pub from: Vec<String>,
+    /// FOCUS columns set by the table, in the order of each table row's values.
+    pub sets: Vec<String>,
+    /// Native value (matched trimmed, case-insensitively) → one value per `sets` ("" = null).
+    pub table: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ZeroWhen {
+    pub column: String,
+    pub when_column: String,
+    pub equals: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Mapping {
+    pub name: String,
+    /// UTC offset of the native date-times (Tencent: Beijing time, +08:00).
+    pub time_offset: String,
+    pub columns: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    pub derived: Vec<Derived>,
+    #[serde(default)]
+    pub constants: HashMap<String, String>,
+    #[serde(default)]
+    pub zero_when: Vec<ZeroWhen>,
+    #[serde(default)]
+    pub unavailable: Vec<String>,
+}
+
+const EMBEDDED: &[(&str, &str)] = &[(
+    "tencent-detail-bill",
+    include_str!("../schemas/tencent-detail-bill.toml"),
+)];
+
+impl Mapping {
+    pub fn load(name: &str, dir: Option<&Path>) -> Result<Mapping> {
+        let text = match dir.map(|d| d.join(format!("{name}.toml"))) {
+            Some(path) if path.exists() => {
+                std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?
+            }
+            _ => EMBEDDED
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, t)| t.to_string())
+                .ok_or_else(|| Error::Config(format!("unknown mapping {name:?}")))?,
+        };
+        let mut mapping: Mapping =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("mapping {name}: {e}")))?;
+        for d in &mut mapping.derived {
+            for (k, v) in std::mem::take(&mut d.table) {
+                if v.len() != d.sets.len() {
+                    return Err(Error::Config(format!(
+                        "mapping {name}: table row {k:?} has {} values for {} columns",
+                        v.len(),
+                        d.sets.len()
+                    )));
+                }
+                d.table.insert(normalise(&k), v);
+            }
+        }
+        Ok(mapping)
+    }
+
+    /// Index of the first header matching one of `aliases` (exactly, else ignoring case and
+    /// surrounding spaces).
+    pub fn find(header: &[String], aliases: &[String]) -> Option<usize> {
+        aliases
+            .iter()
+            .find_map(|a| header.iter().position(|h| h == a))
+            .or_else(|| {
+                aliases
+                    .iter()
+                    .find_map(|a| header.iter().position(|h| normalise(h) == normalise(a)))
+            })
+    }
+}
+
+/// How table keys and values are compared: trimmed, lower-case.
+pub fn normalise(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+/// `x_` name for a native column: letters and digits kept (any script), the rest dropped.
+pub fn custom_name(native: &str) -> String {
+    let kept: String = native.chars().filter(|c| c.is_alphanumeric()).collect();
+    format!("x_{kept}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_names_keep_letters_of_any_script() {
+        assert_eq!(custom_name("RI Deduction (Cost)"), "x_RIDeductionCost");
+        assert_eq!(custom_name("代金券支出(元)"), "x_代金券支出元");
+    }
+
+    #[test]
+    fn the_tencent_mapping_loads() {
+        let m = Mapping::load("tencent-detail-bill", None).unwrap();
+        assert!(m.columns["BilledCost"].contains(&"Total Cost (Including Tax)".to_string()));
+        let t = &m.derived[0];
+        assert_eq!(t.sets, ["ChargeCategory", "ChargeClass", "ChargeFrequency"]);
+        assert!(t.table.contains_key("voucher deduction"));
+    }
+}

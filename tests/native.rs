@@ -1,0 +1,248 @@
+//! Tencent's native (non-FOCUS) bill families, end to end from the real S3 server: zipped
+//! daily and monthly detail bills (the monthly split into 3 CSVs), a bill pack re-delivered with
+//! new content, a zh_cn file with Chinese headers and a BOM, a reseller L3 CSV, and a reseller
+//! consolidated zip with 3 customers. Totals per partition must equal the source's Total Cost
+//! (0 on voucher rows) exactly; times must be converted from Beijing time.
+
+mod common;
+
+use std::io::Write;
+
+use aws_sdk_s3::primitives::ByteStream;
+use billpipe::generate::{write_detail_csv, DetailStats, GenerateOptions};
+use billpipe::s3::{S3Context, S3Options};
+use common::*;
+use rust_decimal::Decimal;
+
+fn endpoint() -> String {
+    std::env::var("BILLPIPE_TEST_S3_ENDPOINT")
+        .unwrap_or_else(|_| panic!("no S3 test server: run the suite with scripts/test.sh"))
+}
+
+fn detail(account: &str, through: Option<u32>, seed: u64, zh: bool) -> (Vec<u8>, DetailStats) {
+    let opts = GenerateOptions {
+        account: account.into(),
+        month: "2025-11".into(),
+        through_day: through,
+        rows_per_day: 12,
+        seed,
+        bad_rows: vec![],
+        restated: false,
+    };
+    let mut out = Vec::new();
+    let stats = write_detail_csv(&opts, zh, &mut out).unwrap();
+    (out, stats)
+}
+
+fn zip(members: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in members {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+fn split3(data: &[u8]) -> Vec<Vec<u8>> {
+    let text = std::str::from_utf8(data).unwrap();
+    let (header, body) = text.split_once("\r\n").unwrap();
+    let rows: Vec<&str> = body.split_terminator("\r\n").collect();
+    rows.chunks(rows.len().div_ceil(3))
+        .map(|c| format!("{header}\r\n{}\r\n", c.join("\r\n")).into_bytes())
+        .collect()
+}
+
+fn expect(sums: &mut Sums, account: &str, s: &DetailStats) {
+    sums.insert(
+        ("2025-11".into(), account.into()),
+        (s.rows, Decimal::from_i128_with_scale(s.billed_cost_e8, 8)),
+    );
+}
+
+#[test]
+fn every_tencent_family_loads_from_s3_with_exact_totals() {
+    let ctx = S3Context::connect(&S3Options {
+        endpoint: Some(endpoint()),
+        region: Some("garage".into()),
+        path_style: true,
+        list_v2: false,
+        part_bytes: 0,
+    })
+    .unwrap();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 100_000;
+    let bucket = format!("native-{}-{stamp}", std::process::id());
+    ctx.runtime
+        .block_on(ctx.client.create_bucket().bucket(&bucket).send())
+        .unwrap();
+    let put = |key: &str, body: Vec<u8>| {
+        ctx.runtime
+            .block_on(
+                ctx.client
+                    .put_object()
+                    .bucket(&bucket)
+                    .key(key)
+                    .body(ByteStream::from(body))
+                    .send(),
+            )
+            .unwrap();
+    };
+    let lake = tempfile::tempdir().unwrap();
+    let run = || {
+        let (out, report) = run_job(
+            &format!("s3://{bucket}"),
+            lake.path().to_str().unwrap(),
+            &[
+                "--endpoint",
+                &endpoint(),
+                "--region",
+                "garage",
+                "--path-style",
+            ],
+        );
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        report
+    };
+    let mut expected = Sums::new();
+    let (a, b, c, d, r) = (
+        "900000000001",
+        "900000000002",
+        "900000000003",
+        "900000000004",
+        "900000000099",
+    );
+
+    // A: a daily zip, then the monthly as a zip of 3 CSV members.
+    let (daily, daily_stats) = detail(a, Some(9), 1, false);
+    put(
+        &format!("bills/{a}-20251110-by_used_time-bill_details.zip"),
+        zip(&[("d.csv", &daily)]),
+    );
+    // B: a bill pack; C: a China-site zh_cn file (Chinese headers, BOM); D: a reseller L3 CSV.
+    let (pack, pack_stats) = detail(b, None, 2, false);
+    put(
+        &format!("bills/{b}-202511-by_used_time-bill_pack.zip"),
+        zip(&[("pack/L3.csv", &pack)]),
+    );
+    let (cn, cn_stats) = detail(c, None, 3, true);
+    put(
+        &format!("bills/{c}-202511-按扣费周期-明细账单.zip"),
+        zip(&[("明细账单.csv", &cn)]),
+    );
+    let (l3, l3_stats) = detail(d, None, 4, false);
+    put(
+        &format!("reseller/L3-bill_details-{d}-202511-0001-test.csv"),
+        l3,
+    );
+    // A reseller's consolidated zip: three customers' rows in one CSV.
+    let customers = ["910000000001", "910000000002", "910000000003"];
+    let mut consolidated = Vec::new();
+    for (i, cust) in customers.iter().enumerate() {
+        let (rows, stats) = detail(cust, None, 10 + i as u64, false);
+        if i == 0 {
+            consolidated.extend_from_slice(&rows);
+        } else {
+            let body = rows.splitn(2, |x| *x == b'\n').nth(1).unwrap();
+            consolidated.extend_from_slice(body);
+        }
+        expect(&mut expected, cust, &stats);
+    }
+    let consolidated_key = format!(
+        "reseller/{r}-2025-11--by_used_time-bill-details-consolidated_bill-61121cbd9017a1628.zip"
+    );
+    put(&consolidated_key, zip(&[("all.csv", &consolidated)]));
+
+    expect(&mut expected, a, &daily_stats);
+    expect(&mut expected, b, &pack_stats);
+    expect(&mut expected, c, &cn_stats);
+    expect(&mut expected, d, &l3_stats);
+    let report = run();
+    assert_eq!(report["totals"]["ingested"], 5, "{}", report["objects"]);
+    assert_eq!(local_lake_sums(lake.path()), expected);
+
+    // The monthly (3 members) replaces A's daily.
+    let (monthly, monthly_stats) = detail(a, None, 1, false);
+    let parts = split3(&monthly);
+    put(
+        &format!("bills/{a}-202511-by_used_time-bill_details.zip"),
+        zip(&[
+            ("m/part1.csv", &parts[0]),
+            ("m/part2.csv", &parts[1]),
+            ("m/part3.csv", &parts[2]),
+        ]),
+    );
+    expect(&mut expected, a, &monthly_stats);
+    let report = run();
+    assert_eq!(report["totals"]["replaced"], 1);
+    assert_eq!(local_lake_sums(lake.path()), expected);
+
+    // The bill pack re-pushed with restated content replaces its earlier load.
+    let (pack2, pack2_stats) = detail(b, None, 22, false);
+    assert_ne!(pack2_stats, pack_stats);
+    put(
+        &format!("bills/{b}-202511-by_used_time-bill_pack.zip"),
+        zip(&[("pack/L3.csv", &pack2)]),
+    );
+    // The consolidated file re-delivered without its third customer.
+    let without_third: Vec<u8> = std::str::from_utf8(&consolidated)
+        .unwrap()
+        .split_inclusive('\n')
+        .filter(|l| !l.contains(customers[2]))
+        .collect::<String>()
+        .into_bytes();
+    assert!(without_third.len() < consolidated.len());
+    put(&consolidated_key, zip(&[("all.csv", &without_third)]));
+    expect(&mut expected, b, &pack2_stats);
+    expected.remove(&("2025-11".to_string(), customers[2].to_string()));
+    let report = run();
+    assert_eq!(report["totals"]["replaced"], 2, "{}", report["objects"]);
+    assert_eq!(local_lake_sums(lake.path()), expected);
+
+    // Beijing time became UTC; the native columns without a FOCUS home are kept as x_ columns.
+    let file = lake_files(lake.path())
+        .into_iter()
+        .find(|f| f.to_str().unwrap().contains(c))
+        .unwrap();
+    let data = bytes::Bytes::from(std::fs::read(file).unwrap());
+    let batch = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+        .unwrap()
+        .build()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let text = std::str::from_utf8(&cn)
+        .unwrap()
+        .trim_start_matches('\u{feff}');
+    let first = text.lines().nth(1).unwrap();
+    let start_bj = first.split(',').nth(9).unwrap();
+    let bj = chrono::NaiveDateTime::parse_from_str(start_bj, "%Y-%m-%d %H:%M:%S").unwrap();
+    let utc = (bj - chrono::Duration::hours(8))
+        .and_utc()
+        .timestamp_micros();
+    let starts = col::<arrow_array::TimestampMicrosecondArray>(&batch, "ChargePeriodStart");
+    assert_eq!(starts.value(0), utc, "{start_bj} Beijing time");
+    let period = col::<arrow_array::TimestampMicrosecondArray>(&batch, "BillingPeriodStart");
+    assert_eq!(
+        period.value(0),
+        chrono::DateTime::parse_from_rfc3339("2025-10-31T16:00:00Z")
+            .unwrap()
+            .timestamp_micros()
+    );
+    assert!(
+        batch.column_by_name("x_交易ID").is_some(),
+        "native columns kept: {:?}",
+        batch.schema()
+    );
+    assert!(batch.column_by_name("x_交易类型").is_some());
+    let cat = col::<arrow_array::StringArray>(&batch, "ChargeCategory");
+    assert!(cat
+        .iter()
+        .flatten()
+        .all(|v| ["Usage", "Purchase", "Credit"].contains(&v)));
+}
