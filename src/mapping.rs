@@ -43,8 +43,14 @@ pub struct ZeroWhen {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Mapping {
     pub name: String,
+    /// Another mapping this one starts from: its entries apply unless this file names the same
+    /// FOCUS column (so two formats of one provider share one Transaction Type table).
+    #[serde(default)]
+    pub extends: Option<String>,
     /// UTC offset of the native date-times (Tencent: Beijing time, +08:00).
+    #[serde(default)]
     pub time_offset: String,
+    #[serde(default)]
     pub columns: HashMap<String, Vec<String>>,
     #[serde(default)]
     pub derived: Vec<Derived>,
@@ -56,10 +62,16 @@ pub struct Mapping {
     pub unavailable: Vec<String>,
 }
 
-const EMBEDDED: &[(&str, &str)] = &[(
-    "tencent-detail-bill",
-    include_str!("../schemas/tencent-detail-bill.toml"),
-)];
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "tencent-detail-bill",
+        include_str!("../schemas/tencent-detail-bill.toml"),
+    ),
+    (
+        "tencent-resource-bill",
+        include_str!("../schemas/tencent-resource-bill.toml"),
+    ),
+];
 
 impl Mapping {
     pub fn load(name: &str, dir: Option<&Path>) -> Result<Mapping> {
@@ -75,6 +87,12 @@ impl Mapping {
         };
         let mut mapping: Mapping =
             toml::from_str(&text).map_err(|e| Error::Config(format!("mapping {name}: {e}")))?;
+        if let Some(base) = mapping.extends.clone() {
+            if base == name {
+                return Err(Error::Config(format!("mapping {name} extends itself")));
+            }
+            mapping = Mapping::load(&base, dir)?.overlaid_by(mapping);
+        }
         for d in &mut mapping.derived {
             for (k, v) in std::mem::take(&mut d.table) {
                 if v.len() != d.sets.len() {
@@ -88,6 +106,36 @@ impl Mapping {
             }
         }
         Ok(mapping)
+    }
+
+    /// `self` with `top`'s entries taking precedence.
+    fn overlaid_by(mut self, top: Mapping) -> Mapping {
+        for (focus, aliases) in top.columns {
+            self.columns.insert(focus, aliases);
+        }
+        self.constants.extend(top.constants);
+        for d in top.derived {
+            self.derived
+                .retain(|b| !b.sets.iter().any(|s| d.sets.contains(s)));
+            self.derived.push(d);
+        }
+        self.zero_when.extend(top.zero_when);
+        for u in top.unavailable {
+            self.columns.remove(&u);
+            if !self.unavailable.contains(&u) {
+                self.unavailable.push(u);
+            }
+        }
+        Mapping {
+            name: top.name,
+            extends: None,
+            time_offset: if top.time_offset.is_empty() {
+                self.time_offset
+            } else {
+                top.time_offset
+            },
+            ..self
+        }
     }
 
     /// Index of the first header matching one of `aliases` (exactly, else ignoring case and
@@ -123,6 +171,19 @@ mod tests {
     fn custom_names_keep_letters_of_any_script() {
         assert_eq!(custom_name("RI Deduction (Cost)"), "x_RIDeductionCost");
         assert_eq!(custom_name("代金券支出(元)"), "x_代金券支出元");
+    }
+
+    #[test]
+    fn the_resource_bill_extends_the_detail_bill() {
+        let m = Mapping::load("tencent-resource-bill", None).unwrap();
+        assert_eq!(m.time_offset, "+08:00");
+        assert!(m.unavailable.contains(&"PricingQuantity".to_string()));
+        assert!(!m.columns.contains_key("PricingQuantity"));
+        assert_eq!(
+            m.columns["ChargeDescription"][0],
+            "Configuration Description"
+        );
+        assert!(m.derived[0].table.contains_key("voucher deduction"));
     }
 
     #[test]

@@ -246,3 +246,110 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
         .flatten()
         .all(|v| ["Usage", "Purchase", "Credit"].contains(&v)));
 }
+
+/// An L2 (bill by instance) file: the detail bill without its component columns, with the
+/// instance's configuration instead.
+fn to_l2(detail: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(detail).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let header = r.headers().unwrap().clone();
+    let keep: Vec<usize> = (0..header.len())
+        .filter(|i| !header[*i].starts_with("Component"))
+        .collect();
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let mut h: Vec<&str> = keep.iter().map(|i| &header[*i]).collect();
+    h.push("Configuration Description");
+    w.write_record(&h).unwrap();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let mut row: Vec<&str> = keep.iter().map(|i| &rec[*i]).collect();
+        row.push("2核 4GB, 50GB SSD");
+        w.write_record(&row).unwrap();
+    }
+    w.into_inner().unwrap()
+}
+
+#[test]
+fn reseller_l2_files_load_with_their_own_pipeline() {
+    let ctx = S3Context::connect(&S3Options {
+        endpoint: Some(endpoint()),
+        region: Some("garage".into()),
+        path_style: true,
+        list_v2: false,
+        part_bytes: 0,
+    })
+    .unwrap();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 100_000;
+    let bucket = format!("l2-{}-{stamp}", std::process::id());
+    ctx.runtime
+        .block_on(ctx.client.create_bucket().bucket(&bucket).send())
+        .unwrap();
+    let put = |key: &str, body: Vec<u8>| {
+        ctx.runtime
+            .block_on(
+                ctx.client
+                    .put_object()
+                    .bucket(&bucket)
+                    .key(key)
+                    .body(ByteStream::from(body))
+                    .send(),
+            )
+            .unwrap();
+    };
+    let mut expected = Sums::new();
+    let (one, one_stats) = detail("920000000001", None, 31, false);
+    put(
+        "L2-bill_by_Instance-920000000001-202511-0001-test.csv",
+        to_l2(&one),
+    );
+    expect(&mut expected, "920000000001", &one_stats);
+    let (two, two_stats) = detail("920000000002", None, 32, false);
+    let (three, three_stats) = detail("920000000003", None, 33, false);
+    put(
+        "L2-bill_by_Instance-920000000099-AllCustomersBills-202511-0002-test.zip",
+        zip(&[
+            ("920000000002.csv", &to_l2(&two)),
+            ("920000000003.csv", &to_l2(&three)),
+        ]),
+    );
+    expect(&mut expected, "920000000002", &two_stats);
+    expect(&mut expected, "920000000003", &three_stats);
+
+    let lake = tempfile::tempdir().unwrap();
+    let (out, report) = run_job(
+        &format!("s3://{bucket}"),
+        lake.path().to_str().unwrap(),
+        &[
+            "--pipeline",
+            "pipelines/tencent-reseller-l2.toml",
+            "--endpoint",
+            &endpoint(),
+            "--region",
+            "garage",
+            "--path-style",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(report["totals"]["ingested"], 2);
+    assert_eq!(local_lake_sums(lake.path()), expected);
+    // The default pipeline leaves L2 alone (it loads L3; both would count everything twice).
+    let other = tempfile::tempdir().unwrap();
+    let (_, report) = run_job(
+        &format!("s3://{bucket}"),
+        other.path().to_str().unwrap(),
+        &[
+            "--endpoint",
+            &endpoint(),
+            "--region",
+            "garage",
+            "--path-style",
+        ],
+    );
+    assert_eq!(report["totals"]["ingested"], 0);
+}
