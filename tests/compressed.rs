@@ -1,4 +1,4 @@
-//! Compressed objects, recognised by content whatever their names say: gzip, zstd, zip with
+//! Compressed objects (from a local folder and from the S3 server), recognised by content whatever their names say: gzip, zstd, zip with
 //! several CSV members (and a .csv.gz inside), and the ways such input goes wrong: a zip bomb,
 //! a truncated zip, a corrupt gzip, a member path climbing out with `../`.
 
@@ -68,7 +68,6 @@ fn put(dir: &Path, account: &str, through: Option<u32>, bytes: &[u8]) -> String 
 #[test]
 fn compressed_objects_load_by_content_with_exact_totals() {
     let src = tempfile::tempdir().unwrap();
-    let lake = tempfile::tempdir().unwrap();
     let mut expected = Sums::new();
     let mut expect = |account: &str, data: &[u8]| {
         let t = totals_of(data);
@@ -101,53 +100,50 @@ fn compressed_objects_load_by_content_with_exact_totals() {
     let zip_key = put(src.path(), "800000000003", None, &zipped);
     expect("800000000003", &c);
 
-    let (out, report) = run_job(
-        src.path().to_str().unwrap(),
-        lake.path().to_str().unwrap(),
-        &[],
-    );
-    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert_eq!(local_lake_sums(lake.path()), expected);
-    let z = report["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["key"] == zip_key.as_str())
-        .unwrap();
-    let notes = z["notes"].to_string();
-    assert!(
-        notes.contains("skipped zip member \\\"readme.txt\\\" (not a CSV)"),
-        "{notes}"
-    );
-    assert!(notes.contains("zip with 3 CSV member(s)"), "{notes}");
-    // Lineage names the member.
-    let files = lake_files(lake.path());
-    let zfile = files
-        .iter()
-        .find(|f| f.to_str().unwrap().contains("800000000003"))
-        .unwrap();
-    let data = bytes::Bytes::from(std::fs::read(zfile).unwrap());
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut members = std::collections::BTreeSet::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let keys = col::<arrow_array::StringArray>(&batch, "x_SourceKey");
-        members.extend(keys.iter().flatten().map(str::to_string));
+    for (how, out, report, lake) in run_local_and_s3(src.path()) {
+        assert_eq!(out.code, 0, "{how}: {}{}", out.stdout, out.stderr);
+        assert_eq!(local_lake_sums(lake.path()), expected);
+        let z = report["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == zip_key.as_str())
+            .unwrap();
+        let notes = z["notes"].to_string();
+        assert!(
+            notes.contains("skipped zip member \\\"readme.txt\\\" (not a CSV)"),
+            "{notes}"
+        );
+        assert!(notes.contains("zip with 3 CSV member(s)"), "{notes}");
+        // Lineage names the member.
+        let files = lake_files(lake.path());
+        let zfile = files
+            .iter()
+            .find(|f| f.to_str().unwrap().contains("800000000003"))
+            .unwrap();
+        let data = bytes::Bytes::from(std::fs::read(zfile).unwrap());
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut members = std::collections::BTreeSet::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let keys = col::<arrow_array::StringArray>(&batch, "x_SourceKey");
+            members.extend(keys.iter().flatten().map(str::to_string));
+        }
+        let want: std::collections::BTreeSet<String> =
+            ["part-1.csv", "part-2.CSV", "part-3.csv.gz"]
+                .iter()
+                .map(|m| format!("{zip_key}#{m}"))
+                .collect();
+        assert_eq!(members, want);
     }
-    let want: std::collections::BTreeSet<String> = ["part-1.csv", "part-2.CSV", "part-3.csv.gz"]
-        .iter()
-        .map(|m| format!("{zip_key}#{m}"))
-        .collect();
-    assert_eq!(members, want);
 }
 
 #[test]
 fn bombs_broken_archives_and_escaping_paths_are_rejected_and_the_rest_loads() {
     let src = tempfile::tempdir().unwrap();
-    let lake = tempfile::tempdir().unwrap();
     let good = csv("810000000001", Some(5), 20, 4);
     put(src.path(), "810000000001", Some(5), &gzip(&good));
 
@@ -183,47 +179,44 @@ fn bombs_broken_archives_and_escaping_paths_are_rejected_and_the_rest_loads() {
         &zip(&[("../../etc/evil.csv", &csv("810000000005", Some(5), 20, 8))]),
     );
 
-    let (out, report) = run_job(
-        src.path().to_str().unwrap(),
-        lake.path().to_str().unwrap(),
-        &[],
-    );
-    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
-    let reason = |account: &str| {
-        let o = report["objects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["key"].as_str().unwrap().contains(account))
-            .unwrap();
-        assert_eq!(o["outcome"], "reject", "{o}");
-        o["reason"].as_str().unwrap().to_string()
-    };
-    let r = reason("810000000002");
-    assert!(r.contains("\"bomb.csv\"") && r.contains("zip bomb"), "{r}");
-    let r = reason("810000000003");
-    assert!(r.contains("not a readable zip"), "{r}");
-    let r = reason("810000000004");
-    assert!(r.contains("corrupt or truncated compressed data"), "{r}");
-    let r = reason("810000000005");
-    assert!(
-        r.contains("\"../../etc/evil.csv\"") && r.contains("climbs out"),
-        "{r}"
-    );
-    assert_eq!(report["totals"]["ingested"], 1);
-    let t = totals_of(&good);
-    let sums = local_lake_sums(lake.path());
-    assert_eq!(sums.len(), 1);
-    assert_eq!(
-        sums[&("2025-11".to_string(), "810000000001".to_string())],
-        (t.rows, t.billed)
-    );
-    assert!(t.billed > Decimal::ZERO);
-    assert_eq!(
-        std::fs::read_dir(lake.path().join("_billpipe/staging"))
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().is_file())
-            .count(),
-        0
-    );
+    for (how, out, report, lake) in run_local_and_s3(src.path()) {
+        assert_eq!(out.code, 3, "{how}: {}{}", out.stdout, out.stderr);
+        let reason = |account: &str| {
+            let o = report["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["key"].as_str().unwrap().contains(account))
+                .unwrap();
+            assert_eq!(o["outcome"], "reject", "{o}");
+            o["reason"].as_str().unwrap().to_string()
+        };
+        let r = reason("810000000002");
+        assert!(r.contains("\"bomb.csv\"") && r.contains("zip bomb"), "{r}");
+        let r = reason("810000000003");
+        assert!(r.contains("not a readable zip"), "{r}");
+        let r = reason("810000000004");
+        assert!(r.contains("corrupt or truncated compressed data"), "{r}");
+        let r = reason("810000000005");
+        assert!(
+            r.contains("\"../../etc/evil.csv\"") && r.contains("climbs out"),
+            "{r}"
+        );
+        assert_eq!(report["totals"]["ingested"], 1);
+        let t = totals_of(&good);
+        let sums = local_lake_sums(lake.path());
+        assert_eq!(sums.len(), 1);
+        assert_eq!(
+            sums[&("2025-11".to_string(), "810000000001".to_string())],
+            (t.rows, t.billed)
+        );
+        assert!(t.billed > Decimal::ZERO);
+        assert_eq!(
+            std::fs::read_dir(lake.path().join("_billpipe/staging"))
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().is_file())
+                .count(),
+            0
+        );
+    }
 }

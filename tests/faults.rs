@@ -12,13 +12,7 @@ use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
 use billpipe::generate::{object_name, write_focus_csv, GenerateOptions};
-use billpipe::s3::{S3Context, S3Options};
 use common::*;
-
-fn endpoint() -> String {
-    std::env::var("BILLPIPE_TEST_S3_ENDPOINT")
-        .unwrap_or_else(|_| panic!("no S3 test server: run the suite with scripts/test.sh"))
-}
 
 /// Starts the proxy; returns its endpoint URL and a counter of faults injected.
 fn start_proxy(upstream: &str) -> (String, Arc<AtomicU64>) {
@@ -115,27 +109,9 @@ fn pipe(client: TcpStream, upstream: &str, cut_after: Option<u64>) {
 
 #[test]
 fn runs_through_a_flaky_proxy_end_exact_or_fail_clearly() {
-    let direct = S3Context::connect(&S3Options {
-        endpoint: Some(endpoint()),
-        region: Some("garage".into()),
-        path_style: true,
-        list_v2: false,
-        part_bytes: 0,
-    })
-    .unwrap();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        % 100_000;
-    let src = format!("flaky-src-{}-{stamp}", std::process::id());
-    let dst = format!("flaky-dst-{}-{stamp}", std::process::id());
-    for b in [&src, &dst] {
-        direct
-            .runtime
-            .block_on(direct.client.create_bucket().bucket(b).send())
-            .unwrap();
-    }
+    let direct = s3_context();
+    let src = s3_bucket(&direct, "flaky-src");
+    let dst = s3_bucket(&direct, "flaky-dst");
     let work = tempfile::tempdir().unwrap();
     let mut expected = Sums::new();
     for (i, account) in ["600000000001", "600000000002", "600000000003"]
@@ -171,7 +147,7 @@ fn runs_through_a_flaky_proxy_end_exact_or_fail_clearly() {
             .unwrap();
     }
 
-    let (proxy, faults) = start_proxy(&endpoint());
+    let (proxy, faults) = start_proxy(&s3_endpoint());
     let lake = tempfile::tempdir().unwrap();
     let mut finished = false;
     for attempt in 0..12 {

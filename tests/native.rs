@@ -10,14 +10,8 @@ use std::io::Write;
 
 use aws_sdk_s3::primitives::ByteStream;
 use billpipe::generate::{write_detail_csv, DetailStats, GenerateOptions};
-use billpipe::s3::{S3Context, S3Options};
 use common::*;
 use rust_decimal::Decimal;
-
-fn endpoint() -> String {
-    std::env::var("BILLPIPE_TEST_S3_ENDPOINT")
-        .unwrap_or_else(|_| panic!("no S3 test server: run the suite with scripts/test.sh"))
-}
 
 fn detail(account: &str, through: Option<u32>, seed: u64, zh: bool) -> (Vec<u8>, DetailStats) {
     let opts = GenerateOptions {
@@ -63,23 +57,8 @@ fn expect(sums: &mut Sums, account: &str, s: &DetailStats) {
 
 #[test]
 fn every_tencent_family_loads_from_s3_with_exact_totals() {
-    let ctx = S3Context::connect(&S3Options {
-        endpoint: Some(endpoint()),
-        region: Some("garage".into()),
-        path_style: true,
-        list_v2: false,
-        part_bytes: 0,
-    })
-    .unwrap();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        % 100_000;
-    let bucket = format!("native-{}-{stamp}", std::process::id());
-    ctx.runtime
-        .block_on(ctx.client.create_bucket().bucket(&bucket).send())
-        .unwrap();
+    let ctx = s3_context();
+    let bucket = s3_bucket(&ctx, "native");
     let put = |key: &str, body: Vec<u8>| {
         ctx.runtime
             .block_on(
@@ -99,7 +78,7 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
             lake.path().to_str().unwrap(),
             &[
                 "--endpoint",
-                &endpoint(),
+                &s3_endpoint(),
                 "--region",
                 "garage",
                 "--path-style",
@@ -273,23 +252,8 @@ fn to_l2(detail: &[u8]) -> Vec<u8> {
 
 #[test]
 fn reseller_l2_files_load_with_their_own_pipeline() {
-    let ctx = S3Context::connect(&S3Options {
-        endpoint: Some(endpoint()),
-        region: Some("garage".into()),
-        path_style: true,
-        list_v2: false,
-        part_bytes: 0,
-    })
-    .unwrap();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        % 100_000;
-    let bucket = format!("l2-{}-{stamp}", std::process::id());
-    ctx.runtime
-        .block_on(ctx.client.create_bucket().bucket(&bucket).send())
-        .unwrap();
+    let ctx = s3_context();
+    let bucket = s3_bucket(&ctx, "l2");
     let put = |key: &str, body: Vec<u8>| {
         ctx.runtime
             .block_on(
@@ -329,7 +293,7 @@ fn reseller_l2_files_load_with_their_own_pipeline() {
             "--pipeline",
             "pipelines/tencent-reseller-l2.toml",
             "--endpoint",
-            &endpoint(),
+            &s3_endpoint(),
             "--region",
             "garage",
             "--path-style",
@@ -345,7 +309,7 @@ fn reseller_l2_files_load_with_their_own_pipeline() {
         other.path().to_str().unwrap(),
         &[
             "--endpoint",
-            &endpoint(),
+            &s3_endpoint(),
             "--region",
             "garage",
             "--path-style",

@@ -9,44 +9,11 @@ use std::path::Path;
 
 use aws_sdk_s3::primitives::ByteStream;
 use billpipe::generate::{object_name, write_focus_csv, GenerateOptions};
-use billpipe::s3::{S3Context, S3Options};
+use billpipe::s3::S3Context;
 use common::*;
 
 /// Rows per day that make a Parquet file over 5 MiB (about 40 MB of CSV).
 const ROWS_FOR_MULTIPART: u64 = 2600;
-
-fn endpoint() -> String {
-    std::env::var("BILLPIPE_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
-        panic!("no S3 test server: run the suite with scripts/test.sh (or `scripts/s3-server.sh start && source target/garage/env`)")
-    })
-}
-
-fn ctx() -> S3Context {
-    S3Context::connect(&S3Options {
-        endpoint: Some(endpoint()),
-        region: Some("garage".into()),
-        path_style: true,
-        list_v2: false,
-        part_bytes: 0,
-    })
-    .unwrap()
-}
-
-fn new_bucket(ctx: &S3Context, name: &str) -> String {
-    let bucket = format!("{name}-{}-{}", std::process::id(), rand_suffix());
-    ctx.runtime
-        .block_on(ctx.client.create_bucket().bucket(&bucket).send())
-        .unwrap_or_else(|e| panic!("create bucket {bucket}: {}", billpipe::s3::describe(&e)));
-    bucket
-}
-
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        % 100_000
-}
 
 fn put(ctx: &S3Context, bucket: &str, key: &str, body: Vec<u8>) {
     ctx.runtime
@@ -147,16 +114,6 @@ fn deliver(
     csv_totals(&path)
 }
 
-fn s3_args() -> Vec<String> {
-    vec![
-        "--endpoint".into(),
-        endpoint(),
-        "--region".into(),
-        "garage".into(),
-        "--path-style".into(),
-    ]
-}
-
 fn job(source: &str, dest: &str) -> serde_json::Value {
     let args = s3_args();
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -186,9 +143,9 @@ fn assert_sums(sums: &Sums, expected: &[(&str, &str, &CsvTotals)]) {
 
 #[test]
 fn s3_to_s3_and_to_local_follow_snapshots_exactly() {
-    let ctx = ctx();
-    let src = new_bucket(&ctx, "bills");
-    let dst = new_bucket(&ctx, "lake");
+    let ctx = s3_context();
+    let src = s3_bucket(&ctx, "bills");
+    let dst = s3_bucket(&ctx, "lake");
     let work = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
     let source = format!("s3://{src}/cos-bills");
@@ -242,8 +199,8 @@ fn s3_to_s3_and_to_local_follow_snapshots_exactly() {
 
 #[test]
 fn listings_longer_than_one_page_find_every_bill_file() {
-    let ctx = ctx();
-    let src = new_bucket(&ctx, "many");
+    let ctx = s3_context();
+    let src = s3_bucket(&ctx, "many");
     let work = tempfile::tempdir().unwrap();
     // 1,030 other objects interleaved with 24 bill files, so bill files sit on both pages.
     let keys: Vec<String> = (0..1030)
@@ -328,9 +285,9 @@ where
 
 #[test]
 fn large_lake_files_go_up_as_multipart_uploads() {
-    let ctx = ctx();
-    let src = new_bucket(&ctx, "big");
-    let dst = new_bucket(&ctx, "biglake");
+    let ctx = s3_context();
+    let src = s3_bucket(&ctx, "big");
+    let dst = s3_bucket(&ctx, "biglake");
     let work = tempfile::tempdir().unwrap();
     let account = "100000000009";
     let name = object_name(account, "2025-10", None).unwrap();
@@ -373,9 +330,9 @@ fn large_lake_files_go_up_as_multipart_uploads() {
 
 #[test]
 fn the_lock_and_state_work_on_an_s3_lake() {
-    let ctx = ctx();
-    let src = new_bucket(&ctx, "lsrc");
-    let dst = new_bucket(&ctx, "llake");
+    let ctx = s3_context();
+    let src = s3_bucket(&ctx, "lsrc");
+    let dst = s3_bucket(&ctx, "llake");
     let work = tempfile::tempdir().unwrap();
     let a_d5 = deliver(
         &ctx,
@@ -459,13 +416,13 @@ fn the_lock_and_state_work_on_an_s3_lake() {
 
 #[test]
 fn a_missing_bucket_bad_credentials_or_no_endpoint_fail_in_one_line_writing_nothing() {
-    let ctx = ctx();
-    let src = new_bucket(&ctx, "errs");
+    let ctx = s3_context();
+    let src = s3_bucket(&ctx, "errs");
     put(&ctx, &src, "x.txt", b"x".to_vec());
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("lake");
     let dest_s = dest.to_str().unwrap();
-    let ep = endpoint();
+    let ep = s3_endpoint();
     // (what, arguments, environment, expected in the error line)
     type Case<'a> = (&'a str, Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![

@@ -230,3 +230,86 @@ pub fn snapshot_of_files(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::Syste
     walk(dir, &mut out);
     out
 }
+
+/// The S3 test server's endpoint, from `scripts/test.sh` (or `source target/garage/env`).
+pub fn s3_endpoint() -> String {
+    std::env::var("BILLPIPE_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!("no S3 test server: run the suite with scripts/test.sh (or `scripts/s3-server.sh start && source target/garage/env`)")
+    })
+}
+
+/// A client of the S3 test server.
+pub fn s3_context() -> billpipe::s3::S3Context {
+    billpipe::s3::S3Context::connect(&billpipe::s3::S3Options {
+        endpoint: Some(s3_endpoint()),
+        region: Some("garage".into()),
+        path_style: true,
+        list_v2: false,
+        part_bytes: 0,
+    })
+    .unwrap()
+}
+
+/// Creates a bucket with a unique name starting with `name`.
+pub fn s3_bucket(ctx: &billpipe::s3::S3Context, name: &str) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 100_000;
+    let bucket = format!("{name}-{}-{stamp}", std::process::id());
+    ctx.runtime
+        .block_on(ctx.client.create_bucket().bucket(&bucket).send())
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {}", billpipe::s3::describe(&e)));
+    bucket
+}
+
+/// Uploads every file of a folder (flat) to a new bucket; returns its `s3://` URI.
+pub fn s3_mirror(dir: &Path, name: &str) -> String {
+    let ctx = s3_context();
+    let bucket = s3_bucket(&ctx, name);
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let key = e.file_name().to_string_lossy().into_owned();
+        let body = aws_sdk_s3::primitives::ByteStream::from(std::fs::read(e.path()).unwrap());
+        ctx.runtime
+            .block_on(
+                ctx.client
+                    .put_object()
+                    .bucket(&bucket)
+                    .key(key)
+                    .body(body)
+                    .send(),
+            )
+            .unwrap();
+    }
+    format!("s3://{bucket}")
+}
+
+/// The arguments that point billpipe at the S3 test server.
+pub fn s3_args() -> Vec<String> {
+    vec![
+        "--endpoint".into(),
+        s3_endpoint(),
+        "--region".into(),
+        "garage".into(),
+        "--path-style".into(),
+    ]
+}
+
+/// Runs the same job from a local folder and from an S3 copy of it, each into a fresh local
+/// lake: (label, output, report, lake).
+pub fn run_local_and_s3(
+    src: &Path,
+) -> Vec<(&'static str, Output, serde_json::Value, tempfile::TempDir)> {
+    let mut out = Vec::new();
+    let lake = tempfile::tempdir().unwrap();
+    let (o, r) = run_job(src.to_str().unwrap(), lake.path().to_str().unwrap(), &[]);
+    out.push(("local", o, r, lake));
+    let uri = s3_mirror(src, "mirror");
+    let lake = tempfile::tempdir().unwrap();
+    let args = s3_args();
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (o, r) = run_job(&uri, lake.path().to_str().unwrap(), &extra);
+    out.push(("s3", o, r, lake));
+    out
+}
