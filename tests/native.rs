@@ -136,12 +136,41 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
     );
     put(&consolidated_key, zip(&[("all.csv", &consolidated)]));
 
+    // The partner daily form (no `by_used_time-`), a China-site daily, and an L3 pack holding
+    // one CSV per customer.
+    let (e, f) = ("900000000005", "900000000006");
+    let (partner, partner_stats) = detail(e, Some(20), 5, false);
+    put(
+        &format!("bills/{e}-20251121-bill_details.zip"),
+        zip(&[("p.csv", &partner)]),
+    );
+    expect(&mut expected, e, &partner_stats);
+    let (cn_daily, cn_daily_stats) = detail(f, Some(3), 6, true);
+    put(
+        &format!("bills/{f}-20251104-按扣费周期-明细账单.zip"),
+        zip(&[("明细.csv", &cn_daily)]),
+    );
+    expect(&mut expected, f, &cn_daily_stats);
+    let mut pack_members = Vec::new();
+    for (i, cust) in ["930000000001", "930000000002"].iter().enumerate() {
+        let (rows, stats) = detail(cust, None, 40 + i as u64, false);
+        expect(&mut expected, cust, &stats);
+        pack_members.push((format!("{cust}.csv"), rows));
+    }
+    let members: Vec<(&str, &[u8])> = pack_members
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    put(
+        "reseller/L3-bill_details-930000000099-AllResellersBills-202511-0003-test.zip",
+        zip(&members),
+    );
     expect(&mut expected, a, &daily_stats);
     expect(&mut expected, b, &pack_stats);
     expect(&mut expected, c, &cn_stats);
     expect(&mut expected, d, &l3_stats);
     let report = run();
-    assert_eq!(report["totals"]["ingested"], 5, "{}", report["objects"]);
+    assert_eq!(report["totals"]["ingested"], 8, "{}", report["objects"]);
     assert_eq!(local_lake_sums(lake.path()), expected);
 
     // The monthly (3 members) replaces A's daily.
