@@ -185,6 +185,13 @@ struct GenerateArgs {
     /// Output folder; the file gets Tencent's object name
     #[arg(long)]
     out_dir: PathBuf,
+    /// `focus` (Tencent FOCUS CSV) or `detail` (Tencent's native detail bill, as a plain CSV
+    /// named `<uin>-<period>-detail.csv`; zip it to make a bill_details object)
+    #[arg(long, default_value = "focus", value_parser = ["focus", "detail"])]
+    format: String,
+    /// With --format detail: Chinese headers and values (a zh_cn file, with a BOM)
+    #[arg(long)]
+    zh: bool,
 }
 
 fn parse_month(s: &str) -> std::result::Result<String, String> {
@@ -454,6 +461,26 @@ fn generate(args: GenerateArgs) -> Result<i32> {
         let bytes_per_row = (stats.bytes / stats.rows.max(1)).max(1);
         let days = args.through_day.unwrap_or(30) as u64;
         opts.rows_per_day = (mb * 1_000_000 / bytes_per_row / days.max(1)).max(1);
+    }
+    if args.format == "detail" {
+        let period = match args.through_day {
+            Some(d) => format!("{}{d:02}", args.month.replace('-', "")),
+            None => args.month.replace('-', ""),
+        };
+        let path = args
+            .out_dir
+            .join(format!("{}-{period}-detail.csv", args.account));
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let stats = generate::write_detail_csv(&opts, args.zh, file)?;
+        println!(
+            "{}: {} rows ({} voucher rows), BilledCost sum {}",
+            path.display(),
+            stats.rows,
+            stats.voucher_rows,
+            generate::format_e8(stats.billed_cost_e8)
+        );
+        return Ok(0);
     }
     let name = generate::object_name(&args.account, &args.month, args.through_day)?;
     let path = args.out_dir.join(&name);

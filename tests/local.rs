@@ -375,3 +375,38 @@ fn plan_reports_and_changes_nothing() {
     assert!(lake_files(lake.path()).is_empty());
     assert!(!lake.path().join("_billpipe/ledger.json").exists());
 }
+
+#[test]
+fn the_native_examples_load() {
+    let lake = tempfile::tempdir().unwrap();
+    let (out, report) = run_job("testdata/native", lake.path().to_str().unwrap(), &[]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(report["totals"]["ingested"], 4);
+    assert_eq!(report["totals"]["rejected"], 0);
+    // The L3 CSV's BilledCost is its Total Cost (Including Tax) but on voucher rows.
+    let mut r = csv::Reader::from_path(
+        "testdata/native/L3-bill_details-800001608331-202511-0001-example.csv",
+    )
+    .unwrap();
+    let h = r.headers().unwrap().clone();
+    let (tt, tc) = (
+        h.iter().position(|c| c == "Transaction Type").unwrap(),
+        h.iter()
+            .position(|c| c == "Total Cost (Including Tax)")
+            .unwrap(),
+    );
+    let (mut rows, mut billed) = (0u64, Decimal::ZERO);
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        rows += 1;
+        if &rec[tt] != "Voucher deduction" {
+            billed += rec[tc].parse::<Decimal>().unwrap();
+        }
+    }
+    let sums = local_lake_sums(lake.path());
+    assert_eq!(
+        sums[&("2025-11".to_string(), "800001608331".to_string())],
+        (rows, billed)
+    );
+    assert_eq!(sums.len(), 4);
+}
