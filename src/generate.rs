@@ -242,6 +242,18 @@ fn csv_field(out: &mut String, value: &str) {
     }
 }
 
+/// Formats one CRLF-terminated CSV record into `line`.
+fn csv_line<'a>(line: &mut String, fields: impl Iterator<Item = &'a str>) {
+    line.clear();
+    for (i, f) in fields.enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        csv_field(line, f);
+    }
+    line.push_str("\r\n");
+}
+
 /// Writes one FOCUS CSV snapshot (CRLF line ends, as Windows-made bills have).
 pub fn write_focus_csv(opts: &GenerateOptions, out: impl Write) -> Result<GenerateStats> {
     let (y, m) = month_parts(&opts.month)?;
@@ -368,14 +380,7 @@ pub fn write_focus_csv(opts: &GenerateOptions, out: impl Write) -> Result<Genera
                 },
                 &tags,
             ];
-            line.clear();
-            for (i, f) in fields.iter().enumerate() {
-                if i > 0 {
-                    line.push(',');
-                }
-                csv_field(&mut line, f);
-            }
-            line.push_str("\r\n");
+            csv_line(&mut line, fields.iter().map(|f| f.as_ref()));
             w.write_all(line.as_bytes()).map_err(io)?;
             stats.bytes += line.len() as u64;
             stats.rows += 1;
@@ -610,14 +615,7 @@ pub fn write_detail_csv(opts: &GenerateOptions, zh: bool, out: impl Write) -> Re
                 region_id.to_string(),
                 format!("{y:04}-{m:02}"),
             ];
-            line.clear();
-            for (i, f) in fields.iter().enumerate() {
-                if i > 0 {
-                    line.push(',');
-                }
-                csv_field(&mut line, f);
-            }
-            line.push_str("\r\n");
+            csv_line(&mut line, fields.iter().map(|f| f.as_ref()));
             w.write_all(line.as_bytes()).map_err(io)?;
             stats.rows += 1;
             if voucher {

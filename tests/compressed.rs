@@ -38,27 +38,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-fn zip(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in members {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-/// Splits a CSV into `n` files that each repeat the header, as Tencent splits large months.
-fn split(data: &[u8], n: usize) -> Vec<Vec<u8>> {
-    let text = std::str::from_utf8(data).unwrap();
-    let (header, body) = text.split_once("\r\n").unwrap();
-    let rows: Vec<&str> = body.split_terminator("\r\n").collect();
-    rows.chunks(rows.len().div_ceil(n))
-        .map(|c| format!("{header}\r\n{}\r\n", c.join("\r\n")).into_bytes())
-        .collect()
-}
-
 fn put(dir: &Path, account: &str, through: Option<u32>, bytes: &[u8]) -> String {
     let name = object_name(account, "2025-11", through).unwrap();
     std::fs::write(dir.join(&name), bytes).unwrap();
@@ -89,9 +68,9 @@ fn compressed_objects_load_by_content_with_exact_totals() {
     expect("800000000002", &b);
     // A monthly as a zip of 3 CSV members (one of them gzipped inside), plus a non-CSV member.
     let c = csv("800000000003", None, 30, 3);
-    let parts = split(&c, 3);
+    let parts = split_csv(&c, 3);
     let gz = gzip(&parts[2]);
-    let zipped = zip(&[
+    let zipped = zip_of(&[
         ("bill/part-1.csv", &parts[0]),
         ("bill/part-2.CSV", &parts[1]),
         ("readme.txt", b"not a bill"),
@@ -154,10 +133,10 @@ fn bombs_broken_archives_and_escaping_paths_are_rejected_and_the_rest_loads() {
         src.path(),
         "810000000002",
         Some(5),
-        &zip(&[("bomb.csv", &bomb)]),
+        &zip_of(&[("bomb.csv", &bomb)]),
     );
     // A truncated zip.
-    let whole = zip(&[("a.csv", &csv("810000000003", Some(5), 20, 6))]);
+    let whole = zip_of(&[("a.csv", &csv("810000000003", Some(5), 20, 6))]);
     put(
         src.path(),
         "810000000003",
@@ -176,7 +155,7 @@ fn bombs_broken_archives_and_escaping_paths_are_rejected_and_the_rest_loads() {
         src.path(),
         "810000000005",
         Some(5),
-        &zip(&[("../../etc/evil.csv", &csv("810000000005", Some(5), 20, 8))]),
+        &zip_of(&[("../../etc/evil.csv", &csv("810000000005", Some(5), 20, 8))]),
     );
 
     for (how, out, report, lake) in run_local_and_s3(src.path()) {

@@ -6,9 +6,6 @@
 
 mod common;
 
-use std::io::Write;
-
-use aws_sdk_s3::primitives::ByteStream;
 use billpipe::generate::{write_detail_csv, DetailStats, GenerateOptions};
 use common::*;
 use rust_decimal::Decimal;
@@ -28,26 +25,6 @@ fn detail(account: &str, through: Option<u32>, seed: u64, zh: bool) -> (Vec<u8>,
     (out, stats)
 }
 
-fn zip(members: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    for (name, data) in members {
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    w.finish().unwrap().into_inner()
-}
-
-fn split3(data: &[u8]) -> Vec<Vec<u8>> {
-    let text = std::str::from_utf8(data).unwrap();
-    let (header, body) = text.split_once("\r\n").unwrap();
-    let rows: Vec<&str> = body.split_terminator("\r\n").collect();
-    rows.chunks(rows.len().div_ceil(3))
-        .map(|c| format!("{header}\r\n{}\r\n", c.join("\r\n")).into_bytes())
-        .collect()
-}
-
 fn expect(sums: &mut Sums, account: &str, s: &DetailStats) {
     sums.insert(
         ("2025-11".into(), account.into()),
@@ -59,18 +36,7 @@ fn expect(sums: &mut Sums, account: &str, s: &DetailStats) {
 fn every_tencent_family_loads_from_s3_with_exact_totals() {
     let ctx = s3_context();
     let bucket = s3_bucket(&ctx, "native");
-    let put = |key: &str, body: Vec<u8>| {
-        ctx.runtime
-            .block_on(
-                ctx.client
-                    .put_object()
-                    .bucket(&bucket)
-                    .key(key)
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
-            .unwrap();
-    };
+    let put = |key: &str, body: Vec<u8>| s3_put(&ctx, &bucket, key, body);
     let lake = tempfile::tempdir().unwrap();
     let run = || {
         let (out, report) = run_job(
@@ -100,18 +66,18 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
     let (daily, daily_stats) = detail(a, Some(9), 1, false);
     put(
         &format!("bills/{a}-20251110-by_used_time-bill_details.zip"),
-        zip(&[("d.csv", &daily)]),
+        zip_of(&[("d.csv", &daily)]),
     );
     // B: a bill pack; C: a China-site zh_cn file (Chinese headers, BOM); D: a reseller L3 CSV.
     let (pack, pack_stats) = detail(b, None, 2, false);
     put(
         &format!("bills/{b}-202511-by_used_time-bill_pack.zip"),
-        zip(&[("pack/L3.csv", &pack)]),
+        zip_of(&[("pack/L3.csv", &pack)]),
     );
     let (cn, cn_stats) = detail(c, None, 3, true);
     put(
         &format!("bills/{c}-202511-按扣费周期-明细账单.zip"),
-        zip(&[("明细账单.csv", &cn)]),
+        zip_of(&[("明细账单.csv", &cn)]),
     );
     let (l3, l3_stats) = detail(d, None, 4, false);
     put(
@@ -134,7 +100,7 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
     let consolidated_key = format!(
         "reseller/{r}-2025-11--by_used_time-bill-details-consolidated_bill-61121cbd9017a1628.zip"
     );
-    put(&consolidated_key, zip(&[("all.csv", &consolidated)]));
+    put(&consolidated_key, zip_of(&[("all.csv", &consolidated)]));
 
     // The partner daily form (no `by_used_time-`), a China-site daily, and an L3 pack holding
     // one CSV per customer.
@@ -142,13 +108,13 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
     let (partner, partner_stats) = detail(e, Some(20), 5, false);
     put(
         &format!("bills/{e}-20251121-bill_details.zip"),
-        zip(&[("p.csv", &partner)]),
+        zip_of(&[("p.csv", &partner)]),
     );
     expect(&mut expected, e, &partner_stats);
     let (cn_daily, cn_daily_stats) = detail(f, Some(3), 6, true);
     put(
         &format!("bills/{f}-20251104-按扣费周期-明细账单.zip"),
-        zip(&[("明细.csv", &cn_daily)]),
+        zip_of(&[("明细.csv", &cn_daily)]),
     );
     expect(&mut expected, f, &cn_daily_stats);
     let mut pack_members = Vec::new();
@@ -163,7 +129,7 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
         .collect();
     put(
         "reseller/L3-bill_details-930000000099-AllResellersBills-202511-0003-test.zip",
-        zip(&members),
+        zip_of(&members),
     );
     expect(&mut expected, a, &daily_stats);
     expect(&mut expected, b, &pack_stats);
@@ -175,10 +141,10 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
 
     // The monthly (3 members) replaces A's daily.
     let (monthly, monthly_stats) = detail(a, None, 1, false);
-    let parts = split3(&monthly);
+    let parts = split_csv(&monthly, 3);
     put(
         &format!("bills/{a}-202511-by_used_time-bill_details.zip"),
-        zip(&[
+        zip_of(&[
             ("m/part1.csv", &parts[0]),
             ("m/part2.csv", &parts[1]),
             ("m/part3.csv", &parts[2]),
@@ -194,7 +160,7 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
     assert_ne!(pack2_stats, pack_stats);
     put(
         &format!("bills/{b}-202511-by_used_time-bill_pack.zip"),
-        zip(&[("pack/L3.csv", &pack2)]),
+        zip_of(&[("pack/L3.csv", &pack2)]),
     );
     // The consolidated file re-delivered without its third customer.
     let without_third: Vec<u8> = std::str::from_utf8(&consolidated)
@@ -204,7 +170,7 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
         .collect::<String>()
         .into_bytes();
     assert!(without_third.len() < consolidated.len());
-    put(&consolidated_key, zip(&[("all.csv", &without_third)]));
+    put(&consolidated_key, zip_of(&[("all.csv", &without_third)]));
     expect(&mut expected, b, &pack2_stats);
     expected.remove(&("2025-11".to_string(), customers[2].to_string()));
     let report = run();
@@ -283,18 +249,7 @@ fn to_l2(detail: &[u8]) -> Vec<u8> {
 fn reseller_l2_files_load_with_their_own_pipeline() {
     let ctx = s3_context();
     let bucket = s3_bucket(&ctx, "l2");
-    let put = |key: &str, body: Vec<u8>| {
-        ctx.runtime
-            .block_on(
-                ctx.client
-                    .put_object()
-                    .bucket(&bucket)
-                    .key(key)
-                    .body(ByteStream::from(body))
-                    .send(),
-            )
-            .unwrap();
-    };
+    let put = |key: &str, body: Vec<u8>| s3_put(&ctx, &bucket, key, body);
     let mut expected = Sums::new();
     let (one, one_stats) = detail("920000000001", None, 31, false);
     put(
@@ -306,7 +261,7 @@ fn reseller_l2_files_load_with_their_own_pipeline() {
     let (three, three_stats) = detail("920000000003", None, 33, false);
     put(
         "L2-bill_by_Instance-920000000099-AllCustomersBills-202511-0002-test.zip",
-        zip(&[
+        zip_of(&[
             ("920000000002.csv", &to_l2(&two)),
             ("920000000003.csv", &to_l2(&three)),
         ]),

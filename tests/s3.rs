@@ -15,19 +15,6 @@ use common::*;
 /// Rows per day that make a Parquet file over 5 MiB (about 40 MB of CSV).
 const ROWS_FOR_MULTIPART: u64 = 2600;
 
-fn put(ctx: &S3Context, bucket: &str, key: &str, body: Vec<u8>) {
-    ctx.runtime
-        .block_on(
-            ctx.client
-                .put_object()
-                .bucket(bucket)
-                .key(key)
-                .body(ByteStream::from(body))
-                .send(),
-        )
-        .unwrap();
-}
-
 /// (key, etag, last-modified) of every object under a prefix.
 fn list(ctx: &S3Context, bucket: &str, prefix: &str) -> BTreeMap<String, (String, String)> {
     ctx.runtime.block_on(async {
@@ -105,7 +92,7 @@ fn deliver(
         restated,
     };
     write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
-    put(
+    s3_put(
         ctx,
         bucket,
         &format!("cos-bills/{name}"),
@@ -238,7 +225,7 @@ fn listings_longer_than_one_page_find_every_bill_file() {
         write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
         // A folder named after a neighbouring "other" object, so the bills sort among them.
         let key = format!("bills/{:04}-day/{name}", i * 43);
-        put(&ctx, &src, &key, std::fs::read(&path).unwrap());
+        s3_put(&ctx, &src, &key, std::fs::read(&path).unwrap());
         expected.push(key);
     }
     for v2 in [false, true] {
@@ -302,7 +289,7 @@ fn large_lake_files_go_up_as_multipart_uploads() {
         restated: false,
     };
     write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
-    put(&ctx, &src, &name, std::fs::read(&path).unwrap());
+    s3_put(&ctx, &src, &name, std::fs::read(&path).unwrap());
     let mut args = s3_args();
     args.extend(["--part-mb".to_string(), "5".to_string()]);
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -353,7 +340,7 @@ fn the_lock_and_state_work_on_an_s3_lake() {
         .as_secs();
     let held = serde_json::json!({"owner": "other-run", "host": "other-host", "pid": 1, "command": "run",
         "started_at": now, "heartbeat_at": now});
-    put(
+    s3_put(
         &ctx,
         &dst,
         "lake/_billpipe/lock.json",
@@ -377,7 +364,7 @@ fn the_lock_and_state_work_on_an_s3_lake() {
     // The same lock, its heartbeat long stale: taken over, the run loads, the lock is released.
     let stale = serde_json::json!({"owner": "other-run", "host": "other-host", "pid": 1, "command": "run",
         "started_at": now - 3600, "heartbeat_at": now - 3600});
-    put(
+    s3_put(
         &ctx,
         &dst,
         "lake/_billpipe/lock.json",
@@ -418,7 +405,7 @@ fn the_lock_and_state_work_on_an_s3_lake() {
 fn a_missing_bucket_bad_credentials_or_no_endpoint_fail_in_one_line_writing_nothing() {
     let ctx = s3_context();
     let src = s3_bucket(&ctx, "errs");
-    put(&ctx, &src, "x.txt", b"x".to_vec());
+    s3_put(&ctx, &src, "x.txt", b"x".to_vec());
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("lake");
     let dest_s = dest.to_str().unwrap();

@@ -264,6 +264,20 @@ pub fn s3_bucket(ctx: &billpipe::s3::S3Context, name: &str) -> String {
     bucket
 }
 
+/// Uploads one object.
+pub fn s3_put(ctx: &billpipe::s3::S3Context, bucket: &str, key: &str, body: Vec<u8>) {
+    ctx.runtime
+        .block_on(
+            ctx.client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(body))
+                .send(),
+        )
+        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {}", billpipe::s3::describe(&e)));
+}
+
 /// Uploads every file of a folder (flat) to a new bucket; returns its `s3://` URI.
 pub fn s3_mirror(dir: &Path, name: &str) -> String {
     let ctx = s3_context();
@@ -312,4 +326,27 @@ pub fn run_local_and_s3(
     let (o, r) = run_job(&uri, lake.path().to_str().unwrap(), &extra);
     out.push(("s3", o, r, lake));
     out
+}
+
+/// A zip (deflate) holding `members` in order.
+pub fn zip_of(members: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in members {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// Splits a CRLF CSV into `n` files that each repeat the header, as Tencent splits large months.
+pub fn split_csv(data: &[u8], n: usize) -> Vec<Vec<u8>> {
+    let text = std::str::from_utf8(data).unwrap();
+    let (header, body) = text.split_once("\r\n").unwrap();
+    let rows: Vec<&str> = body.split_terminator("\r\n").collect();
+    rows.chunks(rows.len().div_ceil(n))
+        .map(|c| format!("{header}\r\n{}\r\n", c.join("\r\n")).into_bytes())
+        .collect()
 }
