@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -14,61 +13,6 @@ use common::*;
 
 /// Rows per day that make a Parquet file over 5 MiB (about 40 MB of CSV).
 const ROWS_FOR_MULTIPART: u64 = 2600;
-
-/// (key, etag, last-modified) of every object under a prefix.
-fn list(ctx: &S3Context, bucket: &str, prefix: &str) -> BTreeMap<String, (String, String)> {
-    ctx.runtime.block_on(async {
-        let mut out = BTreeMap::new();
-        let mut token = None;
-        loop {
-            let r = ctx
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .prefix(prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .unwrap();
-            for o in r.contents() {
-                out.insert(
-                    o.key().unwrap().to_string(),
-                    (
-                        o.e_tag().unwrap_or("").to_string(),
-                        format!("{:?}", o.last_modified()),
-                    ),
-                );
-            }
-            token = r.next_continuation_token().map(str::to_string);
-            if token.is_none() {
-                break out;
-            }
-        }
-    })
-}
-
-fn s3_lake_sums(ctx: &S3Context, bucket: &str, prefix: &str) -> Sums {
-    let mut sums = Sums::new();
-    for key in list(ctx, bucket, prefix).keys() {
-        let rel = key.strip_prefix(prefix).unwrap();
-        if !rel.starts_with("billing_period=") || !rel.ends_with(".parquet") {
-            continue;
-        }
-        let data = ctx.runtime.block_on(async {
-            let r = ctx
-                .client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap();
-            r.body.collect().await.unwrap().into_bytes()
-        });
-        add_parquet(&mut sums, rel, data);
-    }
-    sums
-}
 
 /// Generates a snapshot locally (to know its exact totals) and uploads it.
 fn deliver(
@@ -176,11 +120,11 @@ fn s3_to_s3_and_to_local_follow_snapshots_exactly() {
     check(&[("2025-11", a, &a_m), ("2025-11", b, &b_d8_new)]);
 
     // Nothing new: no lake object is rewritten (same ETags and modification times).
-    let before = list(&ctx, &dst, "lake/");
+    let before = s3_list(&ctx, &dst, "lake/");
     let r = job(&source, &dest);
     assert_eq!(r["totals"]["ingested"], 0);
     assert_eq!(r["totals"]["replaced"], 0);
-    assert_eq!(list(&ctx, &dst, "lake/"), before);
+    assert_eq!(s3_list(&ctx, &dst, "lake/"), before);
     assert!(before.contains_key("lake/_billpipe/ledger.json"));
 }
 
@@ -295,7 +239,7 @@ fn large_lake_files_go_up_as_multipart_uploads() {
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
     let (out, _) = run_job(&format!("s3://{src}"), &format!("s3://{dst}"), &extra);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    let objects = list(&ctx, &dst, "billing_period=");
+    let objects = s3_list(&ctx, &dst, "billing_period=");
     assert_eq!(objects.len(), 1, "{objects:?}");
     let (key, (etag, _)) = objects.iter().next().unwrap();
     let size = ctx
@@ -357,7 +301,7 @@ fn the_lock_and_state_work_on_an_s3_lake() {
         "{}",
         out.stderr
     );
-    assert!(!list(&ctx, &dst, "lake/")
+    assert!(!s3_list(&ctx, &dst, "lake/")
         .keys()
         .any(|k| k.ends_with(".parquet")));
 
@@ -377,7 +321,7 @@ fn the_lock_and_state_work_on_an_s3_lake() {
         "{}",
         out.stderr
     );
-    assert!(!list(&ctx, &dst, "lake/").contains_key("lake/_billpipe/lock.json"));
+    assert!(!s3_list(&ctx, &dst, "lake/").contains_key("lake/_billpipe/lock.json"));
     assert_sums(
         &s3_lake_sums(&ctx, &dst, "lake/"),
         &[("2025-12", "100000000005", &a_d5)],

@@ -350,3 +350,62 @@ pub fn split_csv(data: &[u8], n: usize) -> Vec<Vec<u8>> {
         .map(|c| format!("{header}\r\n{}\r\n", c.join("\r\n")).into_bytes())
         .collect()
 }
+
+/// (key, etag, last-modified) of every object under a prefix.
+pub fn s3_list(
+    ctx: &billpipe::s3::S3Context,
+    bucket: &str,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    ctx.runtime.block_on(async {
+        let mut out = std::collections::BTreeMap::new();
+        let mut token = None;
+        loop {
+            let r = ctx
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .unwrap();
+            for o in r.contents() {
+                out.insert(
+                    o.key().unwrap().to_string(),
+                    (
+                        o.e_tag().unwrap_or("").to_string(),
+                        format!("{:?}", o.last_modified()),
+                    ),
+                );
+            }
+            token = r.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                break out;
+            }
+        }
+    })
+}
+
+pub fn s3_lake_sums(ctx: &billpipe::s3::S3Context, bucket: &str, prefix: &str) -> Sums {
+    let mut sums = Sums::new();
+    for key in s3_list(ctx, bucket, prefix).keys() {
+        let rel = key.strip_prefix(prefix).unwrap();
+        if !rel.starts_with("billing_period=") || !rel.ends_with(".parquet") {
+            continue;
+        }
+        let data = ctx.runtime.block_on(async {
+            let r = ctx
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            r.body.collect().await.unwrap().into_bytes()
+        });
+        add_parquet(&mut sums, rel, data);
+    }
+    sums
+}
