@@ -32,6 +32,29 @@ decimal_precision = 38
 decimal_scale = 18
 """
 
+# Cross-column rules, the same for 1.0-1.2 (FOCUS 1.2 "Key cross-column rules"; ids are stable).
+RULES = [
+    ("ChargePeriod.Order", "ordered", ["ChargePeriodStart", "ChargePeriodEnd"], "", "",
+     "ChargePeriodStart must be before ChargePeriodEnd (the end bound is exclusive)"),
+    ("BillingPeriod.Order", "ordered", ["BillingPeriodStart", "BillingPeriodEnd"], "", "",
+     "BillingPeriodStart must be before BillingPeriodEnd"),
+    ("Pair.PricingUnit.PricingQuantity", "paired_null", ["PricingUnit", "PricingQuantity"], "", "",
+     "PricingUnit and PricingQuantity are both set or both null"),
+    ("Pair.ConsumedUnit.ConsumedQuantity", "paired_null", ["ConsumedUnit", "ConsumedQuantity"], "", "",
+     "ConsumedUnit and ConsumedQuantity are both set or both null"),
+    ("Pair.RegionName.RegionId", "paired_null", ["RegionName", "RegionId"], "", "",
+     "RegionName and RegionId are both set or both null"),
+    ("Pair.SubAccountName.SubAccountId", "paired_null", ["SubAccountName", "SubAccountId"], "", "",
+     "SubAccountName and SubAccountId are both set or both null"),
+    ("NonNegative.ListUnitPrice", "non_negative", ["ListUnitPrice"], "", "",
+     "ListUnitPrice must not be negative"),
+    ("NonNegative.ContractedUnitPrice", "non_negative", ["ContractedUnitPrice"], "", "",
+     "ContractedUnitPrice must not be negative"),
+    ("Purchase.ChargeFrequency", "not_value_when", ["ChargeFrequency", "ChargeCategory"], "Usage-Based", "Purchase",
+     "ChargeFrequency must not be Usage-Based when ChargeCategory is Purchase"),
+]
+
+
 def main(path):
     cols = defaultdict(list)
     with open(path, newline="", encoding="utf-8") as fh:
@@ -48,6 +71,15 @@ def main(path):
             allowed = [a for a in row["allowed_values"].split("|") if a]
             if allowed:
                 out.append("allowed_values = [" + ", ".join(f'"{a}"' for a in allowed) + "]")
+        for rid, kind, columns, value, when, message in RULES:
+            out.append("\n[[rule]]")
+            out.append(f'id = "{rid}"')
+            out.append(f'kind = "{kind}"')
+            out.append("columns = [" + ", ".join(f'"{c}"' for c in columns) + "]")
+            if value:
+                out.append(f'value = "{value}"')
+                out.append(f'when = "{when}"')
+            out.append(f'message = "{message}"')
         with open(f"schemas/focus-{v}.toml", "w", encoding="utf-8") as fh:
             fh.write("\n".join(out) + "\n")
 

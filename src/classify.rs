@@ -83,6 +83,10 @@ struct FamilyDef {
     mapping: Option<String>,
 }
 
+fn default_profile() -> String {
+    "strict".into()
+}
+
 fn default_format() -> String {
     "csv".into()
 }
@@ -91,6 +95,9 @@ fn default_format() -> String {
 struct PipelineDef {
     name: String,
     schema: String,
+    /// Conformance profile (`schemas/profile-<name>.toml`); `strict` if not given.
+    #[serde(default = "default_profile")]
+    profile: String,
     csv: CsvOptions,
     partition: PartitionOptions,
     family: Vec<FamilyDef>,
@@ -116,6 +123,9 @@ pub struct Pipeline {
     pub partition: PartitionOptions,
     pub families: Vec<Family>,
     pub schema: Schema,
+    pub profile: String,
+    /// Where schemas, mappings and profiles are looked up (else the embedded copies).
+    pub schema_dir: Option<PathBuf>,
 }
 
 impl Pipeline {
@@ -203,6 +213,8 @@ impl Pipeline {
             }
         }
         Ok(Pipeline {
+            profile: def.profile,
+            schema_dir: schema_dir.map(Path::to_path_buf),
             name: def.name,
             origin: origin.to_string(),
             csv: def.csv,

@@ -22,6 +22,7 @@ pub mod lock;
 pub mod mapping;
 pub mod plan;
 pub mod report;
+pub mod rules;
 pub mod run;
 pub mod s3;
 pub mod schema;

@@ -116,6 +116,9 @@ struct RunArgs {
     /// Objects loaded at the same time
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Conformance profile instead of the pipeline's: strict, tencent
+    #[arg(long)]
+    profile: Option<String>,
     /// zstd level of the Parquet files
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
@@ -262,6 +265,7 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
             force: args.force,
         },
         jobs: args.jobs.max(1),
+        profile: args.profile.clone(),
         lock: args.lock.options(),
         ..RunOptions::new(&args.source, &args.dest)
     };

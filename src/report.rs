@@ -44,6 +44,8 @@ pub struct ObjectReport {
     pub seconds: f64,
     /// Where the time went (seconds busy per stage; fetch is wall time of the download).
     pub stages: StageSeconds,
+    /// Conformance rules the object's rows broke: severity, count, first examples.
+    pub rules: crate::rules::RuleCounts,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -142,6 +144,17 @@ impl RunReport {
             }
             for n in &o.notes {
                 s.push_str(&format!("        note: {n}\n"));
+            }
+            for (id, r) in &o.rules {
+                let sev = match r.severity {
+                    Some(crate::rules::Severity::Error) => "error",
+                    _ => "warning",
+                };
+                s.push_str(&format!(
+                    "        rule {id}: {} {sev}(s), e.g. {}\n",
+                    r.count,
+                    r.examples.join("; ")
+                ));
             }
         }
         let t = &self.totals;

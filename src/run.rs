@@ -36,6 +36,7 @@ use crate::lock::{self, LockOptions};
 use crate::mapping::Mapping;
 use crate::plan::{self, Action, PlanOptions, PlannedObject};
 use crate::report::{ObjectReport, Outcome, RunReport, StageSeconds, Totals};
+use crate::rules::{Profile, RuleCounts};
 use crate::s3::{S3Context, S3Options};
 use crate::source::{self, ObjectInfo, Source};
 use crate::validate::Validator;
@@ -63,6 +64,8 @@ pub struct RunOptions {
     pub fetch_attempts: u32,
     /// Decompression bounds (zip-bomb guards).
     pub limits: unpack::Limits,
+    /// Conformance profile instead of the pipeline's (`strict`, `tencent`, ...).
+    pub profile: Option<String>,
 }
 
 impl RunOptions {
@@ -79,12 +82,14 @@ impl RunOptions {
             lock: LockOptions::default(),
             fetch_attempts: 4,
             limits: unpack::Limits::default(),
+            profile: None,
         }
     }
 }
 
 struct Context {
     pipeline: Pipeline,
+    profile: Profile,
     source: Arc<dyn Source>,
     /// The source's listing, taken before the lake is touched: a missing bucket, bad
     /// credentials or an unreachable endpoint fail the run before anything is written.
@@ -128,7 +133,10 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
         max_record_bytes: pipeline.csv.max_record_bytes,
     };
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
+    let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);
+    let profile = Profile::load(profile_name, pipeline.schema_dir.as_deref())?;
     Ok(Context {
+        profile,
         pipeline,
         source,
         listing,
@@ -174,6 +182,7 @@ fn object_report(p: &PlannedObject, outcome: Outcome) -> ObjectReport {
         notes: Vec::new(),
         seconds: 0.0,
         stages: StageSeconds::default(),
+        rules: RuleCounts::new(),
     }
 }
 
@@ -363,6 +372,7 @@ struct Staged {
     problems: Vec<String>,
     notes: Vec<String>,
     bytes_read: u64,
+    rules: RuleCounts,
     stages: StageSeconds,
 }
 
@@ -377,6 +387,7 @@ fn load_snapshot(
     entry.notes = staged.notes.clone();
     entry.problems = staged.problems.clone();
     entry.stages = staged.stages.clone();
+    entry.rules = staged.rules.clone();
     let t = Instant::now();
     commit(ctx, bill, staged, entry)?;
     entry.stages.commit = t.elapsed().as_secs_f64();
@@ -408,6 +419,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
     let mut sink: Option<Sink> = None;
     let mut notes = Vec::new();
     let mut decode_time = std::time::Duration::ZERO;
+    let mut rule_counts = RuleCounts::new();
     let part = &ctx.pipeline.partition;
     let spill = ctx.lake.staging().join("spill");
     let mapped = match &bill.mapping {
@@ -439,6 +451,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
                         schema,
                         &layout,
                         &[&part.period_column, &part.account_column],
+                        &ctx.profile,
                     )?;
                     notes.extend(header_notes.notes);
                     let writer = PartitionedWriter::new(
@@ -464,7 +477,9 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
             for item in decoder {
                 let decoded = item.map_err(|e| member_error(name, key, e))?;
                 let mut problems = decoded.problems;
-                let kept = sink.validator.check(decoded.batch, &mut problems)?;
+                let kept = sink
+                    .validator
+                    .check(decoded.batch, &mut problems, &mut rule_counts)?;
                 quarantine.add(name, &problems)?;
                 let t = Instant::now();
                 if kept.num_rows() > 0 && sink.tx.send(kept).is_err() {
@@ -534,6 +549,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         problems,
         notes,
         bytes_read: fetched.bytes,
+        rules: rule_counts,
         stages: StageSeconds {
             fetch: fetched.seconds,
             decode: decode_time.as_secs_f64(),

@@ -48,6 +48,9 @@ pub struct Schema {
     pub decimal_scale: i8,
     #[serde(rename = "column")]
     pub columns: Vec<ColumnDef>,
+    /// Cross-column conformance rules (see `rules`).
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<crate::rules::RuleDef>,
 }
 
 /// Schemas shipped in the binary, for runs outside the repository.

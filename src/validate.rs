@@ -2,11 +2,13 @@
 //! the lake. Kept apart from decoding so the FOCUS rule set can grow here (conformance rules as
 //! data are a separate piece of work) without touching the parser.
 //!
-//! Today it checks what the lake itself depends on:
+//! It checks:
 //! - file level: every `mandatory` column of the schema is in the header (else the file is
 //!   rejected whole, with the missing names);
 //! - row level: the partition columns (billing period and account) are not null, since a row
-//!   without them has no partition to go to. Such rows are quarantined, never dropped.
+//!   without them has no partition to go to. Such rows are quarantined, never dropped;
+//! - the schema's conformance rules (`rules`), at the severities of the pipeline's profile:
+//!   errors quarantine the row with the rule id, warnings are counted per rule in the report.
 //!
 //! Row checks run over whole Arrow arrays (null bitmaps and the `filter` kernel), not row by row.
 
@@ -14,6 +16,10 @@ use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch};
 use arrow_select::filter::filter_record_batch;
 
 use crate::decode::{Layout, RowProblem, SOURCE_LINE_COLUMN};
+use crate::rules::{self, CompiledRule, Profile, RuleCounts, Severity};
+
+/// Examples kept per rule for the report.
+const EXAMPLES: usize = 3;
 use crate::schema::{FeatureLevel, Schema};
 use crate::{Error, Result};
 
@@ -27,6 +33,7 @@ pub struct Validator {
     /// (output column index, name) of columns a row must have a value in.
     required: Vec<(usize, String)>,
     line_column: usize,
+    rules: Vec<CompiledRule>,
 }
 
 impl Validator {
@@ -35,6 +42,7 @@ impl Validator {
         schema: &Schema,
         layout: &Layout,
         required: &[&str],
+        profile: &Profile,
     ) -> Result<(Validator, HeaderNotes)> {
         let missing: Vec<&str> = schema
             .columns
@@ -87,13 +95,19 @@ impl Validator {
             Validator {
                 required: req,
                 line_column,
+                rules: rules::compile(schema, layout, profile),
             },
             notes,
         ))
     }
 
     /// Splits a batch into rows that pass and problems for those that do not.
-    pub fn check(&self, batch: RecordBatch, problems: &mut Vec<RowProblem>) -> Result<RecordBatch> {
+    pub fn check(
+        &self,
+        batch: RecordBatch,
+        problems: &mut Vec<RowProblem>,
+        counts: &mut RuleCounts,
+    ) -> Result<RecordBatch> {
         let mut keep: Option<Vec<bool>> = None;
         let lines = batch
             .column(self.line_column)
@@ -117,6 +131,29 @@ impl Validator {
                         });
                     }
                     *k = false;
+                }
+            }
+        }
+        for v in rules::evaluate(&self.rules, &batch) {
+            let rule = &self.rules[v.rule];
+            let stats = counts.entry(rule.id.clone()).or_default();
+            stats.severity = Some(rule.severity);
+            stats.count += v.rows.len() as u64;
+            for &row in &v.rows {
+                let line = lines.as_ref().map(|l| l.value(row) as u64).unwrap_or(0);
+                let value = rules::cell_text(&batch, &rule.column, row);
+                if stats.examples.len() < EXAMPLES {
+                    stats.examples.push(format!("line {line}: {value:?}"));
+                }
+                if rule.severity == Severity::Error {
+                    let keep = keep.get_or_insert_with(|| vec![true; batch.num_rows()]);
+                    keep[row] = false;
+                    problems.push(RowProblem {
+                        line,
+                        column: rule.column.clone(),
+                        value,
+                        reason: format!("[{}] {}", rule.id, rule.message),
+                    });
                 }
             }
         }

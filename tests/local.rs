@@ -207,6 +207,8 @@ fn decodes_real_world_csv_shapes() {
                 "ContractedCost" => "1.25".into(),
                 "x_CustomNote" => note.to_string(),
                 "ServiceName" => "云服务器".into(),
+                "ProviderName" | "PublisherName" | "InvoiceIssuerName" => "Tencent Cloud".into(),
+                "ChargeFrequency" => "Usage-Based".into(),
                 _ => String::new(),
             };
             fields.push(v);

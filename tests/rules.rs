@@ -1,0 +1,208 @@
+//! FOCUS conformance rules as data: each rule family on tiny inline files (one breaking row
+//! each, with its line), Chinese text valid everywhere, and the strict and tencent profiles on
+//! the example bucket.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+
+/// A row valid under the strict profile, as (column, value); `change` overrides some values.
+fn row(change: &[(&str, &str)]) -> String {
+    let base: BTreeMap<&str, &str> = [
+        ("AvailabilityZone", "ap-guangzhou-3"),
+        ("BilledCost", "1.5"),
+        ("BillingAccountId", "400040004004"),
+        ("BillingAccountName", "示例科技有限公司"),
+        ("BillingCurrency", "CNY"),
+        ("BillingPeriodStart", "2025-11-30T16:00:00Z"),
+        ("BillingPeriodEnd", "2025-12-31T16:00:00Z"),
+        ("ChargeCategory", "Usage"),
+        ("ChargeDescription", "云服务器 按量计费, \"标准型\""),
+        ("ChargeFrequency", "Usage-Based"),
+        ("ChargePeriodStart", "2025-12-01T00:00:00Z"),
+        ("ChargePeriodEnd", "2025-12-01T01:00:00Z"),
+        ("ConsumedQuantity", "1"),
+        ("ConsumedUnit", "Hours"),
+        ("ContractedCost", "1.5"),
+        ("ContractedUnitPrice", "1.5"),
+        ("EffectiveCost", "1.5"),
+        ("InvoiceIssuerName", "腾讯云"),
+        ("ListCost", "2"),
+        ("ListUnitPrice", "2"),
+        ("PricingCategory", "Standard"),
+        ("PricingQuantity", "1"),
+        ("PricingUnit", "Hours"),
+        ("ProviderName", "腾讯云"),
+        ("PublisherName", "腾讯云"),
+        ("RegionId", "ap-guangzhou"),
+        ("RegionName", "华南地区（广州）"),
+        ("ResourceId", "ins-0001"),
+        ("ResourceName", "生产-订单服务"),
+        ("ServiceCategory", "Compute"),
+        ("ServiceName", "云服务器"),
+        ("SubAccountId", "400040004004"),
+        ("SubAccountName", "主账号"),
+        ("Tags", "{\"项目\":\"电商\"}"),
+    ]
+    .into_iter()
+    .collect();
+    billpipe::generate::HEADER
+        .iter()
+        .map(|h| {
+            let v = change
+                .iter()
+                .find(|(c, _)| c == h)
+                .map(|(_, v)| *v)
+                .or(base.get(h).copied())
+                .unwrap_or("");
+            if v.contains([',', '"']) {
+                format!("\"{}\"", v.replace('"', "\"\""))
+            } else {
+                v.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn load(rows: &[String], profile: &str) -> (Output, serde_json::Value) {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let mut text = billpipe::generate::HEADER.join(",");
+    for r in rows {
+        text.push('\n');
+        text.push_str(r);
+    }
+    text.push('\n');
+    std::fs::write(
+        src.path()
+            .join("FOCUS-bill_details-400040004004-202512.CSV"),
+        text,
+    )
+    .unwrap();
+    run_job(
+        src.path().to_str().unwrap(),
+        lake.path().to_str().unwrap(),
+        &["--profile", profile],
+    )
+}
+
+#[test]
+fn each_rule_family_reports_its_id_and_line() {
+    // Line 2 is clean; every later line breaks exactly one rule.
+    let cases: [(&[(&str, &str)], &str); 8] = [
+        (&[("ChargeCategory", "usage")], "Allowed.ChargeCategory"),
+        (&[("ChargeClass", "Refund")], "Allowed.ChargeClass"),
+        (
+            &[("ChargePeriodEnd", "2025-12-01T00:00:00Z")],
+            "ChargePeriod.Order",
+        ),
+        (
+            &[("PricingQuantity", "")],
+            "Pair.PricingUnit.PricingQuantity",
+        ),
+        (&[("RegionId", "")], "Pair.RegionName.RegionId"),
+        (&[("ListUnitPrice", "-0.01")], "NonNegative.ListUnitPrice"),
+        (
+            &[("ChargeCategory", "Purchase")],
+            "Purchase.ChargeFrequency",
+        ),
+        (&[("ProviderName", "NULL")], "NotNull.ProviderName"),
+    ];
+    let mut rows = vec![row(&[])];
+    rows.extend(cases.iter().map(|(change, _)| row(change)));
+    let (out, report) = load(&rows, "strict");
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let o = &report["objects"][0];
+    assert_eq!(o["rows_loaded"], 1, "{}", out.stdout);
+    assert_eq!(o["rows_quarantined"], cases.len());
+    for (i, (_, id)) in cases.iter().enumerate() {
+        let line = i + 3;
+        let rule = &o["rules"][id];
+        assert_eq!(rule["count"], 1, "{id}: {}", o["rules"]);
+        assert_eq!(rule["severity"], "error");
+        assert!(
+            rule["examples"][0]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("line {line}:")),
+            "{id}: {rule}"
+        );
+    }
+    // Chinese text in names, descriptions and tags broke nothing.
+    assert_eq!(
+        o["rules"].as_object().unwrap().len(),
+        cases.len(),
+        "{}",
+        o["rules"]
+    );
+}
+
+#[test]
+fn tencent_profile_keeps_documented_gaps_as_warnings() {
+    let gaps: &[(&str, &str)] = &[
+        ("EffectiveCost", ""),
+        ("ServiceCategory", "-"),
+        ("ChargeFrequency", "Usage-based"),
+    ];
+    let rows = vec![row(gaps), row(gaps), row(&[("ChargeCategory", "usage")])];
+    let (out, report) = load(&rows, "tencent");
+    assert_eq!(out.code, 3);
+    let o = &report["objects"][0];
+    assert_eq!(o["rows_loaded"], 2);
+    for id in [
+        "NotNull.EffectiveCost",
+        "NotNull.ServiceCategory",
+        "Allowed.ChargeFrequency",
+    ] {
+        assert_eq!(o["rules"][id]["severity"], "warning", "{id}");
+        assert_eq!(o["rules"][id]["count"], 2, "{id}");
+    }
+    // Anything beyond the documented gaps stays an error under the tencent profile too.
+    assert_eq!(o["rules"]["Allowed.ChargeCategory"]["severity"], "error");
+
+    let (_, strict) = load(&rows, "strict");
+    assert_eq!(
+        strict["objects"][0]["rows_loaded"], 0,
+        "strict quarantines the gaps"
+    );
+    assert_eq!(
+        strict["objects"][0]["rules"]["NotNull.EffectiveCost"]["severity"],
+        "error"
+    );
+}
+
+#[test]
+fn profiles_change_verdicts_not_the_tencent_totals() {
+    // The default (tencent) profile loads every well-typed row of the example bucket, with the
+    // gaps counted; strict flags the same rows as errors.
+    let lake = tempfile::tempdir().unwrap();
+    let (out, report) = run_job("testdata/bucket", lake.path().to_str().unwrap(), &[]);
+    assert_eq!(out.code, 3);
+    assert_eq!(report["totals"]["rows_loaded"], 279);
+    assert_eq!(
+        report["totals"]["rows_quarantined"], 1,
+        "only the unparsable row"
+    );
+    let warned: u64 = report["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o["rules"]["NotNull.EffectiveCost"]["count"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(warned, 279);
+    let strict_lake = tempfile::tempdir().unwrap();
+    let (_, strict) = run_job(
+        "testdata/bucket",
+        strict_lake.path().to_str().unwrap(),
+        &["--profile", "strict"],
+    );
+    assert_eq!(strict["totals"]["rows_loaded"], 0);
+    assert_eq!(strict["totals"]["rows_quarantined"], 280);
+}
