@@ -134,7 +134,13 @@ pub fn compile(schema: &Schema, layout: &Layout, profile: &Profile) -> Vec<Compi
     };
     let mut rules = Vec::new();
     let mut push = |id: String, column: &str, message: String, default: Severity, check: Check| {
-        let severity = profile.severity.get(&id).copied().unwrap_or(default);
+        // A profile may set every rule at once with "*" (e.g. "off" to load without checks).
+        let severity = profile
+            .severity
+            .get(&id)
+            .or_else(|| profile.severity.get("*"))
+            .copied()
+            .unwrap_or(default);
         if severity != Severity::Off {
             rules.push(CompiledRule {
                 id,
