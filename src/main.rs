@@ -36,8 +36,28 @@ enum Command {
     Plan(RunArgs),
     /// Show what the lake holds per (account, month); `state reset` makes the next run reload.
     State(StateArgs),
+    /// Check FOCUS files against the conformance rules without loading anything.
+    Validate(ValidateArgs),
     /// Write a deterministic, realistic Tencent FOCUS CSV (tests, examples, benchmarks).
     Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Local files or s3://bucket/key objects (plain, gzip, zstd or zip)
+    #[arg(required = true)]
+    files: Vec<String>,
+    /// FOCUS version to check against (default: detected from the columns present)
+    #[arg(long, value_parser = ["1.0", "1.1", "1.2"])]
+    focus_version: Option<String>,
+    /// Conformance profile: strict (the spec as written) or tencent
+    #[arg(long, default_value = "strict")]
+    profile: String,
+    /// Print JSON instead of tables
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 #[derive(Args, Clone)]
@@ -247,6 +267,7 @@ fn dispatch(command: Command) -> Result<i32> {
         Command::Run(args) => job(args, false),
         Command::Plan(args) => job(args, true),
         Command::State(args) => state(args),
+        Command::Validate(args) => validate(args),
         Command::Generate(args) => generate(args),
     }
 }
@@ -440,6 +461,66 @@ fn state(args: StateArgs) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn validate(args: ValidateArgs) -> Result<i32> {
+    let dir = std::path::Path::new("schemas");
+    let schema_dir = dir.is_dir().then_some(dir);
+    let profile = billpipe::rules::Profile::load(&args.profile, schema_dir)?;
+    let mut verdicts = Vec::new();
+    for file in &args.files {
+        let v = billpipe::validate::validate_file(
+            file,
+            &args.s3.options(),
+            args.focus_version.as_deref(),
+            &profile,
+            schema_dir,
+        )
+        .with_context(|| format!("validating {file}"))?;
+        verdicts.push(v);
+    }
+    let passed = verdicts.iter().all(|v| v.passed());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"passed": passed, "files": verdicts})
+            )?
+        );
+    } else {
+        for v in &verdicts {
+            println!(
+                "{} (FOCUS {}, profile {}): {} rows, {} with errors",
+                v.file, v.focus_version, v.profile, v.rows, v.rows_with_errors
+            );
+            if let Some(e) = &v.file_error {
+                println!("  FILE ERROR: {e}");
+            }
+            if !v.rules.is_empty() {
+                println!(
+                    "  {:<36} {:<8} {:>8}  examples",
+                    "rule", "severity", "count"
+                );
+            }
+            for (id, r) in &v.rules {
+                let sev = match r.severity {
+                    Some(billpipe::rules::Severity::Error) => "error",
+                    _ => "warning",
+                };
+                println!(
+                    "  {id:<36} {sev:<8} {:>8}  {}",
+                    r.count,
+                    r.examples.join("; ")
+                );
+            }
+            println!("  verdict: {}", if v.passed() { "PASS" } else { "FAIL" });
+        }
+    }
+    Ok(if passed {
+        0
+    } else {
+        billpipe::report::EXIT_REJECTIONS
+    })
 }
 
 fn generate(args: GenerateArgs) -> Result<i32> {

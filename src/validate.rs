@@ -163,3 +163,230 @@ impl Validator {
         }
     }
 }
+
+/// The verdict on one file checked by `billpipe validate`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileVerdict {
+    pub file: String,
+    pub focus_version: String,
+    pub profile: String,
+    pub rows: u64,
+    pub rows_with_errors: u64,
+    /// Per rule: severity, count, first examples. Values that do not parse as their column's
+    /// type appear as `Type.<Column>`.
+    pub rules: RuleCounts,
+    /// Set when the file cannot be judged row by row (unreadable, not FOCUS 1.x, ...).
+    pub file_error: Option<String>,
+}
+
+impl FileVerdict {
+    pub fn passed(&self) -> bool {
+        self.file_error.is_none() && self.rows_with_errors == 0
+    }
+}
+
+/// FOCUS versions `validate` knows, newest first, with a column only that version (or later) has.
+const VERSION_MARKERS: &[(&str, &[&str])] = &[
+    (
+        "1.2",
+        &[
+            "BillingAccountType",
+            "InvoiceId",
+            "PricingCurrency",
+            "SubAccountType",
+        ],
+    ),
+    (
+        "1.1",
+        &[
+            "CapacityReservationId",
+            "ServiceSubcategory",
+            "SkuMeter",
+            "SkuPriceDetails",
+            "CommitmentDiscountQuantity",
+        ],
+    ),
+    ("1.0", &[]),
+];
+
+/// Picks the FOCUS version from the columns a file has: the newest whose own columns appear.
+pub fn detect_version(header: &[String]) -> &'static str {
+    VERSION_MARKERS
+        .iter()
+        .find(|(_, marks)| marks.is_empty() || marks.iter().any(|m| header.iter().any(|h| h == m)))
+        .map(|(v, _)| *v)
+        .unwrap_or("1.0")
+}
+
+/// Validates one file or `s3://bucket/key` object (compressed or not) without writing anything.
+pub fn validate_file(
+    uri: &str,
+    s3: &crate::s3::S3Options,
+    version: Option<&str>,
+    profile: &Profile,
+    schema_dir: Option<&std::path::Path>,
+) -> Result<FileVerdict> {
+    use crate::decode::{CsvDecoder, DecodeOptions};
+    use crate::source::{LocalSource, ObjectInfo, S3Source, Source};
+    use std::io::Read;
+    use std::sync::Arc;
+
+    let (source, object): (Arc<dyn Source>, ObjectInfo) = match crate::s3::S3Location::parse(uri) {
+        Some(loc) => {
+            let key = loc.prefix.trim_end_matches('/').to_string();
+            let root = crate::s3::S3Location {
+                bucket: loc.bucket,
+                prefix: String::new(),
+            };
+            let ctx = crate::s3::S3Context::connect(s3)?;
+            let object = ObjectInfo {
+                key,
+                size: 0,
+                etag: String::new(),
+                last_modified: None,
+            };
+            (Arc::new(S3Source::new(root, ctx)), object)
+        }
+        None => {
+            let path = std::path::Path::new(uri);
+            let size = std::fs::metadata(path)
+                .map_err(|e| Error::io(path, e))?
+                .len();
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let key = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let object = ObjectInfo {
+                key,
+                size,
+                etag: String::new(),
+                last_modified: None,
+            };
+            (Arc::new(LocalSource::new(dir)), object)
+        }
+    };
+    let mut verdict = FileVerdict {
+        file: uri.to_string(),
+        focus_version: version.unwrap_or("").to_string(),
+        profile: profile.name.clone(),
+        rows: 0,
+        rows_with_errors: 0,
+        rules: RuleCounts::new(),
+        file_error: None,
+    };
+    let (reader, fetcher) = crate::fetch::spawn(source, object.clone())?;
+    let spill = std::env::temp_dir().join(format!("billpipe-validate-{}", std::process::id()));
+    // Placeholders FOCUS forbids are read as null, so the NotNull rules report them.
+    let options = DecodeOptions {
+        null_values: ["", "NULL", "null", "N/A"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+        ..DecodeOptions::default()
+    };
+    let result = crate::unpack::for_each_member(
+        reader,
+        &object.key,
+        &Default::default(),
+        &spill,
+        &mut |name, input| {
+            // Read the header line first to pick the version, then hand it back to the decoder.
+            let mut first = Vec::new();
+            let mut byte = [0u8; 1];
+            while first.len() < (1 << 20)
+                && input
+                    .read(&mut byte)
+                    .map_err(|e| Error::Rejected(e.to_string()))?
+                    == 1
+            {
+                first.push(byte[0]);
+                if byte[0] == b'\n' {
+                    break;
+                }
+            }
+            let chosen = match version {
+                Some(v) => v.to_string(),
+                None => {
+                    let text = String::from_utf8_lossy(&first);
+                    let header: Vec<String> = text
+                        .trim_start_matches('\u{feff}')
+                        .trim_end()
+                        .split(',')
+                        .map(|h| h.trim().trim_matches('"').to_string())
+                        .collect();
+                    detect_version(&header).to_string()
+                }
+            };
+            let schema = Schema::load(&format!("focus-{chosen}"), schema_dir)?;
+            verdict.focus_version = chosen;
+            let rest = std::io::Cursor::new(first).chain(input);
+            let decoder = CsvDecoder::new(rest, name, &schema, options.clone(), None)?;
+            check_rows(decoder, &schema, profile, &mut verdict)
+        },
+    );
+    let _ = std::fs::remove_dir_all(&spill);
+    let fetched = fetcher.join();
+    match (result, fetched) {
+        (_, Ok(Err(e))) => verdict.file_error = Some(e.to_string()),
+        (Err(e), _) => verdict.file_error = Some(e.to_string()),
+        _ => {}
+    }
+    Ok(verdict)
+}
+
+fn check_rows<R: std::io::Read>(
+    decoder: crate::decode::CsvDecoder<R>,
+    schema: &Schema,
+    profile: &Profile,
+    verdict: &mut FileVerdict,
+) -> Result<()> {
+    let layout = decoder.layout().clone();
+    let mandatory = schema
+        .columns
+        .iter()
+        .filter(|c| c.feature_level == FeatureLevel::Mandatory)
+        .count();
+    let missing = schema
+        .columns
+        .iter()
+        .filter(|c| c.feature_level == FeatureLevel::Mandatory && layout.absent.contains(&c.name))
+        .count();
+    if missing * 2 > mandatory {
+        return Err(Error::Rejected(format!(
+            "not a FOCUS 1.x file: {missing} of {mandatory} mandatory FOCUS {} columns are missing (FOCUS 0.5 or another format?)",
+            schema.version
+        )));
+    }
+    let (validator, _) = Validator::new(schema, &layout, &[], profile)?;
+    for item in decoder {
+        let decoded = item?;
+        verdict.rows += decoded.batch.num_rows() as u64;
+        let mut problems = decoded.problems;
+        for p in &problems {
+            let stats = verdict
+                .rules
+                .entry(format!("Type.{}", p.column))
+                .or_default();
+            stats.severity = Some(Severity::Error);
+            stats.count += 1;
+            if stats.examples.len() < EXAMPLES {
+                stats
+                    .examples
+                    .push(format!("line {}: {:?} ({})", p.line, p.value, p.reason));
+            }
+        }
+        let typed_errors: std::collections::BTreeSet<u64> =
+            problems.iter().map(|p| p.line).collect();
+        verdict.rows += typed_errors.len() as u64;
+        problems.clear();
+        validator.check(decoded.batch, &mut problems, &mut verdict.rules)?;
+        let rule_errors: std::collections::BTreeSet<u64> =
+            problems.iter().map(|p| p.line).collect();
+        verdict.rows_with_errors += typed_errors.len() as u64 + rule_errors.len() as u64;
+    }
+    Ok(())
+}

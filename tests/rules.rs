@@ -206,3 +206,72 @@ fn profiles_change_verdicts_not_the_tencent_totals() {
     assert_eq!(strict["totals"]["rows_loaded"], 0);
     assert_eq!(strict["totals"]["rows_quarantined"], 280);
 }
+
+#[test]
+fn validate_judges_files_without_loading_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, rows: &[String]| {
+        let mut text = billpipe::generate::HEADER.join(",");
+        for r in rows {
+            text.push('\n');
+            text.push_str(r);
+        }
+        text.push('\n');
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let clean = write("clean.csv", &[row(&[]), row(&[])]);
+    let broken = write(
+        "broken.csv",
+        &[
+            row(&[]),
+            row(&[("ChargeCategory", "usage")]),
+            row(&[("BilledCost", "1,5")]),
+        ],
+    );
+    // FOCUS 0.5 column names only: reported as not FOCUS 1.x, not crashed on.
+    let old = dir.path().join("focus05.csv");
+    std::fs::write(
+        &old,
+        "AmortizedCost,ChargeType,BilledCost,BillingAccountId\n1,Usage,1,a\n",
+    )
+    .unwrap();
+
+    let out = billpipe(&["validate", &clean]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("(FOCUS 1.1, profile strict): 2 rows, 0 with errors"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("verdict: PASS"));
+
+    let out = billpipe(&["validate", "--json", &broken, old.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["passed"], false);
+    let b = &v["files"][0];
+    assert_eq!(b["rows"], 3);
+    assert_eq!(b["rows_with_errors"], 2);
+    assert_eq!(b["rules"]["Allowed.ChargeCategory"]["count"], 1);
+    assert!(b["rules"]["Allowed.ChargeCategory"]["examples"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("line 3:"));
+    assert!(b["rules"]["Type.BilledCost"]["examples"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("line 4:"));
+    let o = &v["files"][1];
+    assert!(
+        o["file_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a FOCUS 1.x file"),
+        "{o}"
+    );
+    // Nothing was written anywhere near the files.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+}

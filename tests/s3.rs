@@ -430,3 +430,47 @@ fn a_missing_bucket_bad_credentials_or_no_endpoint_fail_in_one_line_writing_noth
         assert!(!dest.exists(), "{what}: the lake folder was created");
     }
 }
+
+#[test]
+fn validate_reads_s3_objects_compressed_or_not() {
+    let ctx = s3_context();
+    let bucket = s3_bucket(&ctx, "validate");
+    let work = tempfile::tempdir().unwrap();
+    deliver(
+        &ctx,
+        &bucket,
+        work.path(),
+        "100000000007",
+        "2025-12",
+        Some(4),
+        false,
+    );
+    let name = object_name("100000000007", "2025-12", Some(4)).unwrap();
+    let plain = std::fs::read(work.path().join(&name)).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &plain).unwrap();
+    s3_put(&ctx, &bucket, "gz/bill.CSV", gz.finish().unwrap());
+    let args = s3_args();
+    let plain_uri = format!("s3://{bucket}/cos-bills/{name}");
+    let gz_uri = format!("s3://{bucket}/gz/bill.CSV");
+    let mut all = vec![
+        "validate",
+        "--profile",
+        "tencent",
+        "--json",
+        plain_uri.as_str(),
+        gz_uri.as_str(),
+    ];
+    all.extend(args.iter().map(String::as_str));
+    let out = billpipe(&all);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    for f in v["files"].as_array().unwrap() {
+        assert_eq!(f["rows"], 36, "{f}");
+        assert_eq!(f["rules"]["NotNull.EffectiveCost"]["severity"], "warning");
+    }
+    // The strict profile fails the same object on Tencent's gaps.
+    let mut strict = vec!["validate", plain_uri.as_str()];
+    strict.extend(args.iter().map(String::as_str));
+    assert_eq!(billpipe(&strict).code, 3);
+}
