@@ -55,6 +55,19 @@ RULES = [
 ]
 
 
+# ISO 4217 national currency codes (active list, without funds, precious metals and testing
+# codes); FOCUS requires BillingCurrency to be one of them (Currency Format attribute).
+ISO4217 = (
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP "
+    "BYN BZD CAD CDF CHF CLP CNY COP CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP "
+    "GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS "
+    "KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR "
+    "MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF "
+    "SAR SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD "
+    "TWD TZS UAH UGX USD UYU UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL"
+).split()
+
+
 def main(path):
     cols = defaultdict(list)
     with open(path, newline="", encoding="utf-8") as fh:
@@ -69,6 +82,8 @@ def main(path):
             out.append(f'feature_level = "{row["feature_level"].lower()}"')
             out.append(f'nullable = {row["nullable"].lower()}')
             allowed = [a for a in row["allowed_values"].split("|") if a]
+            if row["column"] == "BillingCurrency":
+                allowed = ISO4217
             if allowed:
                 out.append("allowed_values = [" + ", ".join(f'"{a}"' for a in allowed) + "]")
         for rid, kind, columns, value, when, message in RULES:

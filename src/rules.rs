@@ -166,11 +166,20 @@ pub fn compile(schema: &Schema, layout: &Layout, profile: &Profile) -> Vec<Compi
             push(
                 format!("Allowed.{}", col.name),
                 &col.name,
-                format!(
-                    "{} must be one of {} (case-sensitive)",
-                    col.name,
-                    col.allowed_values.join(", ")
-                ),
+                if col.allowed_values.len() <= 12 {
+                    format!(
+                        "{} must be one of {} (case-sensitive)",
+                        col.name,
+                        col.allowed_values.join(", ")
+                    )
+                } else {
+                    format!(
+                        "{} must be one of the {} values FOCUS {} lists (case-sensitive)",
+                        col.name,
+                        col.allowed_values.len(),
+                        schema.version
+                    )
+                },
                 Severity::Error,
                 Check::Allowed(i, col.allowed_values.iter().cloned().collect()),
             );

@@ -92,7 +92,8 @@ fn load(rows: &[String], profile: &str) -> (Output, serde_json::Value) {
 #[test]
 fn each_rule_family_reports_its_id_and_line() {
     // Line 2 is clean; every later line breaks exactly one rule.
-    let cases: [(&[(&str, &str)], &str); 8] = [
+    let cases: [(&[(&str, &str)], &str); 9] = [
+        (&[("BillingCurrency", "RMB")], "Allowed.BillingCurrency"),
         (&[("ChargeCategory", "usage")], "Allowed.ChargeCategory"),
         (&[("ChargeClass", "Refund")], "Allowed.ChargeClass"),
         (
