@@ -315,6 +315,20 @@ fn mapped_source(focus: &str, header: &[String], m: &MappedInput, used: &mut [bo
 pub struct DecodedBatch {
     pub batch: RecordBatch,
     pub problems: Vec<RowProblem>,
+    /// Loaded rows whose raw text breaks a FOCUS format rule the typed value cannot show (a
+    /// date-time not written `YYYY-MM-DDTHH:mm:ssZ`); the checking step decides their fate.
+    pub findings: Vec<Finding>,
+}
+
+/// A format finding on a loaded row.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Row index in the batch.
+    pub row: usize,
+    pub line: u64,
+    pub column: String,
+    pub value: String,
+    pub rule: String,
 }
 
 /// Reads CSV and yields record batches in the layout decided by its header.
@@ -336,6 +350,10 @@ pub struct CsvDecoder<R: Read> {
     /// Data rows read so far (loaded or not) and the line the last one started on.
     rows_seen: u64,
     last_line: u64,
+    /// FOCUS files are held to FOCUS's text formats; native files (mapped) are not.
+    check_formats: bool,
+    /// Format findings of the row being parsed: (output column, raw value).
+    row_findings: Vec<(usize, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -413,6 +431,8 @@ impl<R: Read> CsvDecoder<R> {
             finished: false,
             rows_seen: 0,
             last_line: 1,
+            check_formats: mapped.is_none(),
+            row_findings: Vec::new(),
         })
     }
 
@@ -498,6 +518,10 @@ impl<R: Read> CsvDecoder<R> {
                     parse_decimal(field, self.precision, self.scale).map(Value::Decimal)
                 }
                 Kind::Timestamp => {
+                    if self.check_formats && !is_focus_datetime(field) {
+                        self.row_findings
+                            .push((c, String::from_utf8_lossy(field).into_owned()));
+                    }
                     parse_timestamp(field, self.options.naive_offset_secs).map(Value::Micros)
                 }
             };
@@ -540,6 +564,7 @@ impl<R: Read> CsvDecoder<R> {
         let mut keys = StringBuilder::with_capacity(n, n * self.key.len());
         let mut lines = Int64Builder::with_capacity(n);
         let mut problems = Vec::new();
+        let mut findings = Vec::new();
         let mut rows = 0;
         while rows < n {
             let more = match self.reader.read_byte_record(&mut self.record) {
@@ -557,6 +582,7 @@ impl<R: Read> CsvDecoder<R> {
             let line = self.record.position().map(|p| p.line()).unwrap_or(0) + self.crlf_line_shift;
             self.rows_seen += 1;
             self.last_line = line;
+            self.row_findings.clear();
             if !self.parse_record(line, &mut problems)? {
                 continue;
             }
@@ -576,6 +602,16 @@ impl<R: Read> CsvDecoder<R> {
             }
             keys.append_value(&self.key);
             lines.append_value(line as i64);
+            for (c, value) in self.row_findings.drain(..) {
+                let column = self.layout.columns[c].name.clone();
+                findings.push(Finding {
+                    row: rows,
+                    line,
+                    rule: format!("DateTimeFormat.{column}"),
+                    column,
+                    value,
+                });
+            }
             rows += 1;
         }
         if rows == 0 && problems.is_empty() {
@@ -591,7 +627,11 @@ impl<R: Read> CsvDecoder<R> {
             arrays[*target] = zero_where(&arrays[*target], &arrays[*when], equals)?;
         }
         let batch = RecordBatch::try_new(self.layout.schema.clone(), arrays)?;
-        Ok(Some(DecodedBatch { batch, problems }))
+        Ok(Some(DecodedBatch {
+            batch,
+            problems,
+            findings,
+        }))
     }
 }
 
@@ -931,6 +971,20 @@ fn days_in_month(y: i64, m: u32) -> u32 {
         _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
         _ => 28,
     }
+}
+
+/// FOCUS's Date/Time Format: exactly `YYYY-MM-DDTHH:mm:ssZ`.
+fn is_focus_datetime(s: &[u8]) -> bool {
+    s.len() == 20
+        && s[4] == b'-'
+        && s[7] == b'-'
+        && s[10] == b'T'
+        && s[13] == b':'
+        && s[16] == b':'
+        && s[19] == b'Z'
+        && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+            .iter()
+            .all(|i| s[*i].is_ascii_digit())
 }
 
 /// Parses an ISO 8601 date-time into microseconds since the epoch, UTC.

@@ -64,6 +64,15 @@ const EMBEDDED_PROFILES: &[(&str, &str)] = &[
 ];
 
 impl Profile {
+    /// The severity this profile gives rule `id` (an entry for it, else `"*"`, else `default`).
+    pub fn severity_of(&self, id: &str, default: Severity) -> Severity {
+        self.severity
+            .get(id)
+            .or_else(|| self.severity.get("*"))
+            .copied()
+            .unwrap_or(default)
+    }
+
     pub fn load(name: &str, dir: Option<&Path>) -> Result<Profile> {
         let text = match dir.map(|d| d.join(format!("profile-{name}.toml"))) {
             Some(p) if p.exists() => std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?,
@@ -135,12 +144,7 @@ pub fn compile(schema: &Schema, layout: &Layout, profile: &Profile) -> Vec<Compi
     let mut rules = Vec::new();
     let mut push = |id: String, column: &str, message: String, default: Severity, check: Check| {
         // A profile may set every rule at once with "*" (e.g. "off" to load without checks).
-        let severity = profile
-            .severity
-            .get(&id)
-            .or_else(|| profile.severity.get("*"))
-            .copied()
-            .unwrap_or(default);
+        let severity = profile.severity_of(&id, default);
         if severity != Severity::Off {
             rules.push(CompiledRule {
                 id,

@@ -477,9 +477,12 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
             for item in decoder {
                 let decoded = item.map_err(|e| member_error(name, key, e))?;
                 let mut problems = decoded.problems;
-                let kept = sink
-                    .validator
-                    .check(decoded.batch, &mut problems, &mut rule_counts)?;
+                let kept = sink.validator.check(
+                    decoded.batch,
+                    &decoded.findings,
+                    &mut problems,
+                    &mut rule_counts,
+                )?;
                 quarantine.add(name, &problems)?;
                 let t = Instant::now();
                 if kept.num_rows() > 0 && sink.tx.send(kept).is_err() {

@@ -15,7 +15,7 @@
 use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch};
 use arrow_select::filter::filter_record_batch;
 
-use crate::decode::{Layout, RowProblem, SOURCE_LINE_COLUMN};
+use crate::decode::{Finding, Layout, RowProblem, SOURCE_LINE_COLUMN};
 use crate::rules::{self, CompiledRule, Profile, RuleCounts, Severity};
 
 /// Examples kept per rule for the report.
@@ -34,6 +34,7 @@ pub struct Validator {
     required: Vec<(usize, String)>,
     line_column: usize,
     rules: Vec<CompiledRule>,
+    profile: Profile,
 }
 
 impl Validator {
@@ -96,6 +97,7 @@ impl Validator {
                 required: req,
                 line_column,
                 rules: rules::compile(schema, layout, profile),
+                profile: profile.clone(),
             },
             notes,
         ))
@@ -105,6 +107,7 @@ impl Validator {
     pub fn check(
         &self,
         batch: RecordBatch,
+        findings: &[Finding],
         problems: &mut Vec<RowProblem>,
         counts: &mut RuleCounts,
     ) -> Result<RecordBatch> {
@@ -132,6 +135,32 @@ impl Validator {
                     }
                     *k = false;
                 }
+            }
+        }
+        for f in findings {
+            let severity = self.profile.severity_of(&f.rule, Severity::Error);
+            if severity == Severity::Off {
+                continue;
+            }
+            let stats = counts.entry(f.rule.clone()).or_default();
+            stats.severity = Some(severity);
+            stats.count += 1;
+            if stats.examples.len() < EXAMPLES {
+                stats
+                    .examples
+                    .push(format!("line {}: {:?}", f.line, f.value));
+            }
+            if severity == Severity::Error {
+                keep.get_or_insert_with(|| vec![true; batch.num_rows()])[f.row] = false;
+                problems.push(RowProblem {
+                    line: f.line,
+                    column: f.column.clone(),
+                    value: f.value.clone(),
+                    reason: format!(
+                        "[{}] {} must be written YYYY-MM-DDTHH:mm:ssZ",
+                        f.rule, f.column
+                    ),
+                });
             }
         }
         for v in rules::evaluate(&self.rules, &batch) {
@@ -383,7 +412,12 @@ fn check_rows<R: std::io::Read>(
             problems.iter().map(|p| p.line).collect();
         verdict.rows += typed_errors.len() as u64;
         problems.clear();
-        validator.check(decoded.batch, &mut problems, &mut verdict.rules)?;
+        validator.check(
+            decoded.batch,
+            &decoded.findings,
+            &mut problems,
+            &mut verdict.rules,
+        )?;
         let rule_errors: std::collections::BTreeSet<u64> =
             problems.iter().map(|p| p.line).collect();
         verdict.rows_with_errors += typed_errors.len() as u64 + rule_errors.len() as u64;

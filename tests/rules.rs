@@ -92,8 +92,12 @@ fn load(rows: &[String], profile: &str) -> (Output, serde_json::Value) {
 #[test]
 fn each_rule_family_reports_its_id_and_line() {
     // Line 2 is clean; every later line breaks exactly one rule.
-    let cases: [(&[(&str, &str)], &str); 9] = [
+    let cases: [(&[(&str, &str)], &str); 10] = [
         (&[("BillingCurrency", "RMB")], "Allowed.BillingCurrency"),
+        (
+            &[("ChargePeriodStart", "2025-12-01 00:00:00")],
+            "DateTimeFormat.ChargePeriodStart",
+        ),
         (&[("ChargeCategory", "usage")], "Allowed.ChargeCategory"),
         (&[("ChargeClass", "Refund")], "Allowed.ChargeClass"),
         (
