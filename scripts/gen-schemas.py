@@ -50,6 +50,10 @@ RULES = [
      "ListUnitPrice must not be negative"),
     ("NonNegative.ContractedUnitPrice", "non_negative", ["ContractedUnitPrice"], "", "",
      "ContractedUnitPrice must not be negative"),
+    ("Product.ListCost", "product", ["ListCost", "ListUnitPrice", "PricingQuantity"], "", "",
+     "ListCost must equal ListUnitPrice x PricingQuantity (within 0.01 or 0.1%; corrections excepted)"),
+    ("Product.ContractedCost", "product", ["ContractedCost", "ContractedUnitPrice", "PricingQuantity"], "", "",
+     "ContractedCost must equal ContractedUnitPrice x PricingQuantity (within 0.01 or 0.1%; corrections excepted)"),
     ("Purchase.ChargeFrequency", "not_value_when", ["ChargeFrequency", "ChargeCategory"], "Usage-Based", "Purchase",
      "ChargeFrequency must not be Usage-Based when ChargeCategory is Purchase"),
 ]
@@ -94,6 +98,13 @@ def main(path):
             if value:
                 out.append(f'value = "{value}"')
                 out.append(f'when = "{when}"')
+            if kind == "product":
+                # FOCUS states the equation, not a precision; providers round unit prices, so
+                # 0.01 absolute or 0.1% relative, whichever is larger.
+                out.append('except_column = "ChargeClass"')
+                out.append('except_value = "Correction"')
+                out.append("tolerance_rel = 0.001")
+                out.append("tolerance_abs = 0.01")
             out.append(f'message = "{message}"')
         with open(f"schemas/focus-{v}.toml", "w", encoding="utf-8") as fh:
             fh.write("\n".join(out) + "\n")

@@ -42,6 +42,16 @@ pub struct RuleDef {
     pub value: String,
     #[serde(default)]
     pub when: String,
+    /// `product`: rows where this column holds `except_value` are not judged.
+    #[serde(default)]
+    pub except_column: Option<String>,
+    #[serde(default)]
+    pub except_value: String,
+    /// `product`: allowed difference, relative to the expected value, and at least `tolerance_abs`.
+    #[serde(default)]
+    pub tolerance_rel: f64,
+    #[serde(default)]
+    pub tolerance_abs: f64,
     #[serde(default = "default_error")]
     pub severity: Severity,
     pub message: String,
@@ -98,6 +108,15 @@ enum Check {
         value: String,
         other: usize,
         when: String,
+    },
+    /// columns[0] = columns[1] x columns[2] within a tolerance, except where `except` matches.
+    Product {
+        result: usize,
+        a: usize,
+        b: usize,
+        except: Option<(usize, String)>,
+        rel: f64,
+        abs: f64,
     },
 }
 
@@ -196,6 +215,18 @@ pub fn compile(schema: &Schema, layout: &Layout, profile: &Profile) -> Vec<Compi
             ("ordered", [a, b]) => Check::Ordered(*a, *b),
             ("paired_null", [a, b]) => Check::PairedNull(*a, *b),
             ("non_negative", [a]) => Check::NonNegative(*a),
+            ("product", [result, a, b]) => Check::Product {
+                result: *result,
+                a: *a,
+                b: *b,
+                except: r
+                    .except_column
+                    .as_deref()
+                    .and_then(&idx)
+                    .map(|c| (c, r.except_value.clone())),
+                rel: r.tolerance_rel,
+                abs: r.tolerance_abs,
+            },
             ("not_value_when", [a, b]) => Check::NotValueWhen {
                 column: *a,
                 value: r.value.clone(),
@@ -263,6 +294,33 @@ pub fn evaluate(rules: &[CompiledRule], batch: &RecordBatch) -> Vec<Violations> 
                 };
                 (0..n)
                     .filter(|r| c.is_valid(*r) && c.value(*r) < 0)
+                    .collect()
+            }
+            Check::Product {
+                result,
+                a,
+                b,
+                except,
+                rel,
+                abs,
+            } => {
+                let dec = |i: usize| col(i).as_any().downcast_ref::<Decimal128Array>();
+                let (Some(r), Some(x), Some(y)) = (dec(*result), dec(*a), dec(*b)) else {
+                    continue;
+                };
+                let skip = except
+                    .as_ref()
+                    .and_then(|(c, v)| strings(col(*c)).map(|s| (s, v)));
+                // A tolerance check, so f64 is precise enough; stored amounts stay decimal.
+                let scale = 10f64.powi(r.scale() as i32);
+                (0..n)
+                    .filter(|i| r.is_valid(*i) && x.is_valid(*i) && y.is_valid(*i))
+                    .filter(|i| !skip.is_some_and(|(s, v)| s.is_valid(*i) && s.value(*i) == v))
+                    .filter(|i| {
+                        let got = r.value(*i) as f64 / scale;
+                        let want = (x.value(*i) as f64 / scale) * (y.value(*i) as f64 / scale);
+                        (got - want).abs() > abs.max(rel * want.abs())
+                    })
                     .collect()
             }
             Check::NotValueWhen {

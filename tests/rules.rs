@@ -92,7 +92,8 @@ fn load(rows: &[String], profile: &str) -> (Output, serde_json::Value) {
 #[test]
 fn each_rule_family_reports_its_id_and_line() {
     // Line 2 is clean; every later line breaks exactly one rule.
-    let cases: [(&[(&str, &str)], &str); 10] = [
+    let cases: [(&[(&str, &str)], &str); 11] = [
+        (&[("ListCost", "2.5")], "Product.ListCost"),
         (&[("BillingCurrency", "RMB")], "Allowed.BillingCurrency"),
         (
             &[("ChargePeriodStart", "2025-12-01 00:00:00")],
@@ -109,7 +110,10 @@ fn each_rule_family_reports_its_id_and_line() {
             "Pair.PricingUnit.PricingQuantity",
         ),
         (&[("RegionId", "")], "Pair.RegionName.RegionId"),
-        (&[("ListUnitPrice", "-0.01")], "NonNegative.ListUnitPrice"),
+        (
+            &[("ListUnitPrice", "-0.01"), ("ListCost", "-0.01")],
+            "NonNegative.ListUnitPrice",
+        ),
         (
             &[("ChargeCategory", "Purchase")],
             "Purchase.ChargeFrequency",
