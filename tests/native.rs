@@ -38,17 +38,12 @@ fn every_tencent_family_loads_from_s3_with_exact_totals() {
     let bucket = s3_bucket(&ctx, "native");
     let put = |key: &str, body: Vec<u8>| s3_put(&ctx, &bucket, key, body);
     let lake = tempfile::tempdir().unwrap();
+    let args = s3_args();
     let run = || {
         let (out, report) = run_job(
             &format!("s3://{bucket}"),
             lake.path().to_str().unwrap(),
-            &[
-                "--endpoint",
-                &s3_endpoint(),
-                "--region",
-                "garage",
-                "--path-style",
-            ],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
         report
@@ -250,6 +245,8 @@ fn reseller_l2_files_load_with_their_own_pipeline() {
     let ctx = s3_context();
     let bucket = s3_bucket(&ctx, "l2");
     let put = |key: &str, body: Vec<u8>| s3_put(&ctx, &bucket, key, body);
+    let args = s3_args();
+    let s3_flags: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut expected = Sums::new();
     let (one, one_stats) = detail("920000000001", None, 31, false);
     put(
@@ -274,14 +271,10 @@ fn reseller_l2_files_load_with_their_own_pipeline() {
         &format!("s3://{bucket}"),
         lake.path().to_str().unwrap(),
         &[
-            "--pipeline",
-            "pipelines/tencent-reseller-l2.toml",
-            "--endpoint",
-            &s3_endpoint(),
-            "--region",
-            "garage",
-            "--path-style",
-        ],
+            &["--pipeline", "pipelines/tencent-reseller-l2.toml"][..],
+            &s3_flags,
+        ]
+        .concat(),
     );
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert_eq!(report["totals"]["ingested"], 2);
@@ -291,13 +284,7 @@ fn reseller_l2_files_load_with_their_own_pipeline() {
     let (_, report) = run_job(
         &format!("s3://{bucket}"),
         other.path().to_str().unwrap(),
-        &[
-            "--endpoint",
-            &s3_endpoint(),
-            "--region",
-            "garage",
-            "--path-style",
-        ],
+        &s3_flags,
     );
     assert_eq!(report["totals"]["ingested"], 0);
 }
