@@ -454,6 +454,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
                         &ctx.profile,
                     )?;
                     notes.extend(header_notes.notes);
+                    rule_counts.extend(header_notes.rules);
                     let writer = PartitionedWriter::new(
                         ctx.lake.staging(),
                         &stem,

@@ -27,6 +27,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Default)]
 pub struct HeaderNotes {
     pub notes: Vec<String>,
+    /// File-level rule findings that did not reject the file (warnings), for the report.
+    pub rules: RuleCounts,
 }
 
 pub struct Validator {
@@ -75,6 +77,28 @@ impl Validator {
             .filter(|n| !n.starts_with("x_"))
             .map(String::as_str)
             .collect();
+        // FOCUS: custom columns MUST be prefixed `x_`. A file-level rule: an error rejects the
+        // file, a warning keeps the column (as a string) and counts it.
+        for name in &not_custom {
+            let id = "CustomColumn.Prefix";
+            match profile.severity_of(id, Severity::Error) {
+                Severity::Off => {}
+                Severity::Error => {
+                    return Err(Error::Rejected(format!(
+                        "line 1: [{id}] column {name:?} is neither FOCUS {} nor prefixed x_",
+                        schema.version
+                    )))
+                }
+                Severity::Warning => {
+                    let stats = notes.rules.entry(id.to_string()).or_default();
+                    stats.severity = Some(Severity::Warning);
+                    stats.count += 1;
+                    if stats.examples.len() < EXAMPLES {
+                        stats.examples.push(format!("line 1: {name:?}"));
+                    }
+                }
+            }
+        }
         if !not_custom.is_empty() {
             notes.notes.push(format!(
                 "columns not in FOCUS {} and not x_-prefixed, kept as strings: {}",
@@ -390,7 +414,8 @@ fn check_rows<R: std::io::Read>(
             schema.version
         )));
     }
-    let (validator, _) = Validator::new(schema, &layout, &[], profile)?;
+    let (validator, header) = Validator::new(schema, &layout, &[], profile)?;
+    verdict.rules.extend(header.rules);
     for item in decoder {
         let decoded = item?;
         verdict.rows += decoded.batch.num_rows() as u64;

@@ -239,6 +239,38 @@ fn validate_judges_files_without_loading_them() {
             row(&[("BilledCost", "1,5")]),
         ],
     );
+    // A custom column without the x_ prefix: strict rejects the file, tencent warns.
+    let mut custom = billpipe::generate::HEADER.join(",");
+    custom.push_str(",Id\n");
+    custom.push_str(&row(&[]));
+    custom.push_str(",42\n");
+    let custom_path = dir.path().join("custom.csv");
+    std::fs::write(&custom_path, custom).unwrap();
+    let out = billpipe(&["validate", "--json", custom_path.to_str().unwrap()]);
+    assert_eq!(out.code, 3);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert!(
+        v["files"][0]["file_error"]
+            .as_str()
+            .unwrap()
+            .contains("[CustomColumn.Prefix] column \"Id\""),
+        "{v}"
+    );
+    let out = billpipe(&[
+        "validate",
+        "--json",
+        "--profile",
+        "tencent",
+        custom_path.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        v["files"][0]["rules"]["CustomColumn.Prefix"]["severity"], "warning",
+        "{v}"
+    );
+    assert_eq!(v["files"][0]["rows"], 1);
+    std::fs::remove_file(&custom_path).unwrap();
+
     // FOCUS 0.5 column names only: reported as not FOCUS 1.x, not crashed on.
     let old = dir.path().join("focus05.csv");
     std::fs::write(
