@@ -328,7 +328,36 @@ pub struct Finding {
     pub line: u64,
     pub column: String,
     pub value: String,
-    pub rule: String,
+    pub kind: FindingKind,
+}
+
+/// FOCUS text-format rules only the raw text can show (the typed value looks fine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FindingKind {
+    /// A date-time not written `YYYY-MM-DDTHH:mm:ssZ`.
+    DateTimeFormat,
+    /// A number outside FOCUS's Numeric Format (`+1`, `1E+5`, `.5`, `1.`).
+    NumericFormat,
+    /// A placeholder read as null (`NULL`, `N/A`, `-`, blanks): FOCUS leaves null cells empty.
+    NullPlaceholder,
+}
+
+impl FindingKind {
+    pub fn rule_id(&self, column: &str) -> String {
+        format!("{self:?}.{column}")
+    }
+
+    pub fn message(&self, column: &str) -> String {
+        match self {
+            FindingKind::DateTimeFormat => format!("{column} must be written YYYY-MM-DDTHH:mm:ssZ"),
+            FindingKind::NumericFormat => format!(
+                "{column} must be in FOCUS Numeric Format (digits with an optional leading -, a . and an exponent such as E-7; no +, separators or units)"
+            ),
+            FindingKind::NullPlaceholder => format!(
+                "{column} holds a placeholder for null; FOCUS leaves a null cell empty (read as null)"
+            ),
+        }
+    }
 }
 
 /// Reads CSV and yields record batches in the layout decided by its header.
@@ -352,8 +381,8 @@ pub struct CsvDecoder<R: Read> {
     last_line: u64,
     /// FOCUS files are held to FOCUS's text formats; native files (mapped) are not.
     check_formats: bool,
-    /// Format findings of the row being parsed: (output column, raw value).
-    row_findings: Vec<(usize, String)>,
+    /// Format findings of the row being parsed: (output column, raw value, rule).
+    row_findings: Vec<(usize, String, FindingKind)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -509,18 +538,48 @@ impl<R: Read> CsvDecoder<R> {
                 }
             };
             if self.is_null(field) {
+                if self.check_formats && !field.is_empty() {
+                    push_finding(
+                        &mut self.row_findings,
+                        c,
+                        field,
+                        FindingKind::NullPlaceholder,
+                    );
+                }
                 self.scratch[c] = Value::Null;
                 continue;
             }
             let parsed = match col.kind {
-                Kind::Utf8 => Ok(Value::Text),
+                Kind::Utf8 => {
+                    // Blanks standing for null: only fields starting with a space are looked at.
+                    if self.check_formats
+                        && field[0].is_ascii_whitespace()
+                        && field.iter().all(u8::is_ascii_whitespace)
+                    {
+                        push_finding(
+                            &mut self.row_findings,
+                            c,
+                            field,
+                            FindingKind::NullPlaceholder,
+                        );
+                    }
+                    Ok(Value::Text)
+                }
                 Kind::Decimal => {
-                    parse_decimal(field, self.precision, self.scale).map(Value::Decimal)
+                    let parsed = parse_decimal(field, self.precision, self.scale);
+                    if self.check_formats && parsed.is_ok() && !is_focus_numeric(field) {
+                        push_finding(&mut self.row_findings, c, field, FindingKind::NumericFormat);
+                    }
+                    parsed.map(Value::Decimal)
                 }
                 Kind::Timestamp => {
                     if self.check_formats && !is_focus_datetime(field) {
-                        self.row_findings
-                            .push((c, String::from_utf8_lossy(field).into_owned()));
+                        push_finding(
+                            &mut self.row_findings,
+                            c,
+                            field,
+                            FindingKind::DateTimeFormat,
+                        );
                     }
                     parse_timestamp(field, self.options.naive_offset_secs).map(Value::Micros)
                 }
@@ -602,14 +661,13 @@ impl<R: Read> CsvDecoder<R> {
             }
             keys.append_value(&self.key);
             lines.append_value(line as i64);
-            for (c, value) in self.row_findings.drain(..) {
-                let column = self.layout.columns[c].name.clone();
+            for (c, value, kind) in self.row_findings.drain(..) {
                 findings.push(Finding {
                     row: rows,
                     line,
-                    rule: format!("DateTimeFormat.{column}"),
-                    column,
+                    column: self.layout.columns[c].name.clone(),
                     value,
+                    kind,
                 });
             }
             rows += 1;
@@ -652,6 +710,15 @@ impl<R: Read> CsvDecoder<R> {
         }
         Ok(())
     }
+}
+
+fn push_finding(
+    findings: &mut Vec<(usize, String, FindingKind)>,
+    column: usize,
+    field: &[u8],
+    kind: FindingKind,
+) {
+    findings.push((column, String::from_utf8_lossy(field).into_owned(), kind));
 }
 
 /// Watches the raw bytes on their way to the CSV parser: bounds line length (so garbage without
@@ -987,6 +1054,38 @@ fn is_focus_datetime(s: &[u8]) -> bool {
             .all(|i| s[*i].is_ascii_digit())
 }
 
+/// FOCUS's Numeric Format: `-?digits[.digits][E-?digits]` (a leading `+`, a bare `.5` or `5.`,
+/// and a `+` in the exponent are not allowed; the decoder still reads them exactly).
+fn is_focus_numeric(s: &[u8]) -> bool {
+    let digits = |s: &[u8], i: &mut usize| {
+        let start = *i;
+        while *i < s.len() && s[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i > start
+    };
+    let mut i = usize::from(s.first() == Some(&b'-'));
+    if !digits(s, &mut i) {
+        return false;
+    }
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(s, &mut i) {
+            return false;
+        }
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if s.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        if !digits(s, &mut i) {
+            return false;
+        }
+    }
+    i == s.len()
+}
+
 /// Parses an ISO 8601 date-time into microseconds since the epoch, UTC.
 ///
 /// Accepted: `YYYY-MM-DD`, then optionally `T` or a space and `HH:MM[:SS[.fraction]]`, then
@@ -1140,6 +1239,18 @@ mod tests {
         assert_eq!(format_decimal(dec("-12.50").unwrap(), 18), "-12.5");
         assert_eq!(format_decimal(dec("7").unwrap(), 18), "7");
         assert_eq!(format_decimal(dec("-0.05").unwrap(), 18), "-0.05");
+    }
+
+    #[test]
+    fn focus_numeric_format() {
+        for ok in ["0", "-12.5", "35.2E-7", "3e5", "1.50"] {
+            assert!(is_focus_numeric(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "+1", "35.2E+7", ".5", "5.", "1,000", "1 000", "", "-", "1e", "$1",
+        ] {
+            assert!(!is_focus_numeric(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -48,9 +48,9 @@ struct ValidateArgs {
     #[arg(required = true)]
     files: Vec<String>,
     /// FOCUS version to check against (default: detected from the columns present)
-    #[arg(long, value_parser = ["1.0", "1.1", "1.2"])]
+    #[arg(long)]
     focus_version: Option<String>,
-    /// Conformance profile: strict (the spec as written) or tencent
+    /// Conformance profile: strict (the spec as written), tencent, off, or a profile file (.toml)
     #[arg(long, default_value = "strict")]
     profile: String,
     /// Print JSON instead of tables
@@ -136,7 +136,7 @@ struct RunArgs {
     /// Objects loaded at the same time
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Conformance profile instead of the pipeline's: strict, tencent
+    /// Conformance profile instead of the pipeline's: strict, tencent, off, or a .toml file
     #[arg(long)]
     profile: Option<String>,
     /// zstd level of the Parquet files
@@ -467,6 +467,15 @@ fn validate(args: ValidateArgs) -> Result<i32> {
     let dir = std::path::Path::new("schemas");
     let schema_dir = dir.is_dir().then_some(dir);
     let profile = billpipe::rules::Profile::load(&args.profile, schema_dir)?;
+    if let Some(v) = &args.focus_version {
+        let known = billpipe::schema::focus_versions(schema_dir)?;
+        if !known.iter().any(|s| &s.version == v) {
+            let names: Vec<&str> = known.iter().map(|s| s.version.as_str()).collect();
+            anyhow::bail!("unknown FOCUS version {v:?}; known: {}", names.join(", "));
+        }
+    }
+    // The default pipeline's file families tell the billing month a file's name gives.
+    let pipeline = billpipe::classify::Pipeline::load(None).ok();
     let mut verdicts = Vec::new();
     for file in &args.files {
         let v = billpipe::validate::validate_file(
@@ -475,6 +484,7 @@ fn validate(args: ValidateArgs) -> Result<i32> {
             args.focus_version.as_deref(),
             &profile,
             schema_dir,
+            pipeline.as_ref(),
         )
         .with_context(|| format!("validating {file}"))?;
         verdicts.push(v);
@@ -489,31 +499,47 @@ fn validate(args: ValidateArgs) -> Result<i32> {
         );
     } else {
         for v in &verdicts {
+            let month = v
+                .name_month
+                .as_deref()
+                .map(|m| format!(", billing month {m} by name"))
+                .unwrap_or_default();
             println!(
-                "{} (FOCUS {}, profile {}): {} rows, {} with errors",
-                v.file, v.focus_version, v.profile, v.rows, v.rows_with_errors
+                "{} (FOCUS {}, {}, profile {}{month}): {} rows, {} with errors",
+                v.file, v.focus_version, v.version_from, v.profile, v.rows, v.rows_with_errors
             );
             if let Some(e) = &v.file_error {
                 println!("  FILE ERROR: {e}");
             }
             if !v.rules.is_empty() {
                 println!(
-                    "  {:<36} {:<8} {:>8}  examples",
+                    "  {:<44} {:<8} {:>9}  first lines",
                     "rule", "severity", "count"
                 );
             }
+            let (mut errors, mut warnings) = (0u64, 0u64);
             for (id, r) in &v.rules {
                 let sev = match r.severity {
-                    Some(billpipe::rules::Severity::Error) => "error",
-                    _ => "warning",
+                    Some(billpipe::rules::Severity::Error) => {
+                        errors += r.count;
+                        "error"
+                    }
+                    _ => {
+                        warnings += r.count;
+                        "warning"
+                    }
                 };
                 println!(
-                    "  {id:<36} {sev:<8} {:>8}  {}",
+                    "  {id:<44} {sev:<8} {:>9}  {}",
                     r.count,
                     r.examples.join("; ")
                 );
+                println!("  {:<44} {}", "", r.message);
             }
-            println!("  verdict: {}", if v.passed() { "PASS" } else { "FAIL" });
+            println!(
+                "  verdict: {} ({errors} error findings, {warnings} warnings)",
+                if v.passed() { "PASS" } else { "FAIL" }
+            );
         }
     }
     Ok(if passed {

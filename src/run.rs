@@ -36,10 +36,10 @@ use crate::lock::{self, LockOptions};
 use crate::mapping::Mapping;
 use crate::plan::{self, Action, PlanOptions, PlannedObject};
 use crate::report::{ObjectReport, Outcome, RunReport, StageSeconds, Totals};
-use crate::rules::{Profile, RuleCounts};
+use crate::rules::{month_bounds, FileContext, Profile, RuleCounts};
 use crate::s3::{S3Context, S3Options};
 use crate::source::{self, ObjectInfo, Source};
-use crate::validate::Validator;
+use crate::validate::{CheckContext, Validator};
 use crate::write::{PartitionedWriter, WriteOptions, WrittenPart};
 use crate::{fetch, unpack};
 use crate::{Error, Result};
@@ -99,6 +99,8 @@ struct Context {
     ledger: Mutex<Ledger>,
     decode: DecodeOptions,
     period_offset_secs: i64,
+    /// Every FOCUS column of any known version (see `validate::CheckContext`).
+    column_versions: std::collections::HashMap<String, String>,
 }
 
 fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
@@ -135,7 +137,11 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
     let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);
     let profile = Profile::load(profile_name, pipeline.schema_dir.as_deref())?;
+    let column_versions = crate::schema::column_versions(&crate::schema::focus_versions(
+        pipeline.schema_dir.as_deref(),
+    )?);
     Ok(Context {
+        column_versions,
         profile,
         pipeline,
         source,
@@ -447,11 +453,19 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
                 }
                 Some(s) => s,
                 None => {
+                    let check = CheckContext {
+                        file: FileContext {
+                            name_period: month_bounds(&bill.unit.month, ctx.period_offset_secs),
+                        },
+                        column_versions: ctx.column_versions.clone(),
+                        reject_on_file_error: true,
+                    };
                     let (validator, header_notes) = Validator::new(
                         schema,
                         &layout,
                         &[&part.period_column, &part.account_column],
                         &ctx.profile,
+                        &check,
                     )?;
                     notes.extend(header_notes.notes);
                     rule_counts.extend(header_notes.rules);

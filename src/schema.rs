@@ -39,6 +39,10 @@ pub struct ColumnDef {
     pub nullable: bool,
     #[serde(default)]
     pub allowed_values: Vec<String>,
+    /// Where the spec contradicts itself about this column, which reading the schema takes
+    /// and why; for people only.
+    #[serde(default)]
+    pub note: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +62,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("focus-1.0", include_str!("../schemas/focus-1.0.toml")),
     ("focus-1.1", include_str!("../schemas/focus-1.1.toml")),
     ("focus-1.2", include_str!("../schemas/focus-1.2.toml")),
+    ("focus-1.3", include_str!("../schemas/focus-1.3.toml")),
 ];
 
 impl Schema {
@@ -89,6 +94,9 @@ impl Schema {
                 "{origin}: decimal_scale must be 0..=decimal_precision"
             )));
         }
+        for rule in &schema.rules {
+            crate::rules::check_def(rule).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        }
         Ok(schema)
     }
 
@@ -106,13 +114,71 @@ impl Schema {
     }
 }
 
+/// Every FOCUS version billpipe knows: the embedded schemas plus any `focus-<version>.toml` in
+/// `dir` (a newer version is added by dropping its file there). Oldest first.
+pub fn focus_versions(dir: Option<&Path>) -> Result<Vec<Schema>> {
+    let mut names: Vec<String> = EMBEDDED.iter().map(|(n, _)| n.to_string()).collect();
+    if let Some(dir) = dir {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if let Some(name) = file.strip_suffix(".toml") {
+                    if name.starts_with("focus-") && !names.iter().any(|n| n == name) {
+                        names.push(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let mut schemas = names
+        .iter()
+        .map(|n| Schema::load(n, dir))
+        .collect::<Result<Vec<_>>>()?;
+    schemas.sort_by_key(|s| version_key(&s.version));
+    Ok(schemas)
+}
+
+fn version_key(v: &str) -> Vec<u32> {
+    v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
+}
+
+/// The FOCUS version a header is written in: the newest version one of whose new columns (not
+/// in the version before it) appears, else the oldest. `versions` oldest first.
+pub fn detect_version<'a>(header: &[String], versions: &'a [Schema]) -> Option<&'a Schema> {
+    let has = |name: &str| header.iter().any(|h| h == name);
+    for (i, s) in versions.iter().enumerate().rev() {
+        let Some(prev) = i.checked_sub(1).map(|p| &versions[p]) else {
+            break;
+        };
+        if s.columns
+            .iter()
+            .any(|c| prev.column(&c.name).is_none() && has(&c.name))
+        {
+            return Some(s);
+        }
+    }
+    versions.first()
+}
+
+/// For each FOCUS column of any known version, the first version that has it.
+pub fn column_versions(versions: &[Schema]) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    for s in versions {
+        for c in &s.columns {
+            out.entry(c.name.clone())
+                .or_insert_with(|| s.version.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn embedded_schemas_load_and_type_money_as_decimal() {
-        for name in ["focus-1.0", "focus-1.1", "focus-1.2"] {
+        for name in ["focus-1.0", "focus-1.1", "focus-1.2", "focus-1.3"] {
             let s = Schema::load(name, None).unwrap();
             let billed = s.column("BilledCost").unwrap();
             assert_eq!(billed.ty, ColumnType::Decimal);
@@ -126,5 +192,26 @@ mod tests {
             .unwrap()
             .column("CapacityReservationId")
             .is_none());
+    }
+
+    #[test]
+    fn versions_are_told_apart_by_their_new_columns() {
+        let all = focus_versions(None).unwrap();
+        let names: Vec<&str> = all.iter().map(|s| s.version.as_str()).collect();
+        assert_eq!(names, ["1.0", "1.1", "1.2", "1.3"]);
+        let header = |cols: &[&str]| -> Vec<String> {
+            ["BilledCost", "ChargeCategory"]
+                .iter()
+                .chain(cols)
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let v = |cols: &[&str]| detect_version(&header(cols), &all).unwrap().version.clone();
+        assert_eq!(v(&[]), "1.0");
+        assert_eq!(v(&["SkuMeter"]), "1.1");
+        assert_eq!(v(&["SkuMeter", "InvoiceId"]), "1.2");
+        assert_eq!(v(&["ServiceProviderName"]), "1.3");
+        assert_eq!(column_versions(&all)["CapacityReservationId"], "1.1");
+        assert_eq!(column_versions(&all)["BilledCost"], "1.0");
     }
 }

@@ -1,25 +1,30 @@
 //! The checking step: decides, from the schema, whether a decoded file and its rows may enter
-//! the lake. Kept apart from decoding so the FOCUS rule set can grow here (conformance rules as
-//! data are a separate piece of work) without touching the parser.
+//! the lake, and `billpipe validate`, which runs the same checks on files without loading them.
+//! Kept apart from decoding so the rule set (`rules`, data in `schemas/`) grows here without
+//! touching the parser.
 //!
 //! It checks:
 //! - file level: every `mandatory` column of the schema is in the header (else the file is
 //!   rejected whole, with the missing names);
 //! - row level: the partition columns (billing period and account) are not null, since a row
 //!   without them has no partition to go to. Such rows are quarantined, never dropped;
-//! - the schema's conformance rules (`rules`), at the severities of the pipeline's profile:
-//!   errors quarantine the row with the rule id, warnings are counted per rule in the report.
+//! - header rules: a column that is neither FOCUS nor `x_` (`CustomColumn.Prefix`), a column of
+//!   another FOCUS version (`Column.OtherVersion`);
+//! - the decoder's text-format findings and the schema's conformance rules (`rules`), at the
+//!   severities of the profile: errors quarantine the row with the rule id (file-level rules
+//!   reject the file), warnings are counted per rule in the report.
 //!
 //! Row checks run over whole Arrow arrays (null bitmaps and the `filter` kernel), not row by row.
+
+use std::collections::HashMap;
 
 use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch};
 use arrow_select::filter::filter_record_batch;
 
 use crate::decode::{Finding, Layout, RowProblem, SOURCE_LINE_COLUMN};
-use crate::rules::{self, CompiledRule, Profile, RuleCounts, Severity};
-
-/// Examples kept per rule for the report.
-const EXAMPLES: usize = 3;
+use crate::rules::{
+    self, CompiledRule, FileContext, FileState, Level, Profile, RuleCounts, Severity,
+};
 use crate::schema::{FeatureLevel, Schema};
 use crate::{Error, Result};
 
@@ -31,12 +36,29 @@ pub struct HeaderNotes {
     pub rules: RuleCounts,
 }
 
+/// What the checking step knows beyond the file's own header and rows.
+#[derive(Debug, Clone, Default)]
+pub struct CheckContext {
+    pub file: FileContext,
+    /// Every FOCUS column of any version billpipe knows, with the first version that has it
+    /// (tells a column of another FOCUS version from a custom column without `x_`).
+    pub column_versions: HashMap<String, String>,
+    /// A file-level rule at severity error rejects the file at once (`run`), or is counted and
+    /// the file read on to the end (`validate`, which reports every finding).
+    pub reject_on_file_error: bool,
+}
+
 pub struct Validator {
     /// (output column index, name) of columns a row must have a value in.
     required: Vec<(usize, String)>,
     line_column: usize,
     rules: Vec<CompiledRule>,
     profile: Profile,
+    state: FileState,
+    reject_on_file_error: bool,
+    /// File-level errors seen (validate mode) and the first one, as a message.
+    pub file_errors: u64,
+    pub first_file_error: Option<String>,
 }
 
 impl Validator {
@@ -46,6 +68,7 @@ impl Validator {
         layout: &Layout,
         required: &[&str],
         profile: &Profile,
+        ctx: &CheckContext,
     ) -> Result<(Validator, HeaderNotes)> {
         let missing: Vec<&str> = schema
             .columns
@@ -77,25 +100,35 @@ impl Validator {
             .filter(|n| !n.starts_with("x_"))
             .map(String::as_str)
             .collect();
-        // FOCUS: custom columns MUST be prefixed `x_`. A file-level rule: an error rejects the
-        // file, a warning keeps the column (as a string) and counts it.
+        // FOCUS: custom columns MUST be prefixed `x_`; a column of another FOCUS version is not
+        // custom but is not this version's either. File-level rules: an error rejects the file,
+        // a warning keeps the column (as a string) and counts it.
         for name in &not_custom {
-            let id = "CustomColumn.Prefix";
+            let (id, message) = match ctx.column_versions.get(*name) {
+                Some(v) => (
+                    "Column.OtherVersion",
+                    format!(
+                        "column {name:?} is a FOCUS {v} column, not part of FOCUS {}",
+                        schema.version
+                    ),
+                ),
+                None => (
+                    "CustomColumn.Prefix",
+                    format!(
+                        "column {name:?} is neither FOCUS {} nor prefixed x_",
+                        schema.version
+                    ),
+                ),
+            };
             match profile.severity_of(id, Severity::Error) {
                 Severity::Off => {}
                 Severity::Error => {
-                    return Err(Error::Rejected(format!(
-                        "line 1: [{id}] column {name:?} is neither FOCUS {} nor prefixed x_",
-                        schema.version
-                    )))
+                    return Err(Error::Rejected(format!("line 1: [{id}] {message}")))
                 }
                 Severity::Warning => {
-                    let stats = notes.rules.entry(id.to_string()).or_default();
-                    stats.severity = Some(Severity::Warning);
-                    stats.count += 1;
-                    if stats.examples.len() < EXAMPLES {
-                        stats.examples.push(format!("line 1: {name:?}"));
-                    }
+                    rules::tally(&mut notes.rules, id, Severity::Warning, &message, 1, || {
+                        format!("line 1: {name:?}")
+                    })
                 }
             }
         }
@@ -120,8 +153,12 @@ impl Validator {
             Validator {
                 required: req,
                 line_column,
-                rules: rules::compile(schema, layout, profile),
+                rules: rules::compile(schema, layout, profile, &ctx.file),
                 profile: profile.clone(),
+                state: FileState::default(),
+                reject_on_file_error: ctx.reject_on_file_error,
+                file_errors: 0,
+                first_file_error: None,
             },
             notes,
         ))
@@ -129,7 +166,7 @@ impl Validator {
 
     /// Splits a batch into rows that pass and problems for those that do not.
     pub fn check(
-        &self,
+        &mut self,
         batch: RecordBatch,
         findings: &[Finding],
         problems: &mut Vec<RowProblem>,
@@ -141,6 +178,7 @@ impl Validator {
             .as_any()
             .downcast_ref::<Int64Array>()
             .cloned();
+        let line_of = |row: usize| lines.as_ref().map(|l| l.value(row) as u64).unwrap_or(0);
         for (idx, name) in &self.required {
             let col = batch.column(*idx);
             if col.null_count() == 0 {
@@ -151,7 +189,7 @@ impl Validator {
                 if col.is_null(row) {
                     if *k {
                         problems.push(RowProblem {
-                            line: lines.as_ref().map(|l| l.value(row) as u64).unwrap_or(0),
+                            line: line_of(row),
                             column: name.clone(),
                             value: String::new(),
                             reason: format!("{name} is null; the row has no partition to go to"),
@@ -162,52 +200,69 @@ impl Validator {
             }
         }
         for f in findings {
-            let severity = self.profile.severity_of(&f.rule, Severity::Error);
+            let id = f.kind.rule_id(&f.column);
+            let severity = self.profile.severity_of(&id, Severity::Error);
             if severity == Severity::Off {
                 continue;
             }
-            let stats = counts.entry(f.rule.clone()).or_default();
-            stats.severity = Some(severity);
-            stats.count += 1;
-            if stats.examples.len() < EXAMPLES {
-                stats
-                    .examples
-                    .push(format!("line {}: {:?}", f.line, f.value));
-            }
+            let message = f.kind.message(&f.column);
+            rules::tally(counts, &id, severity, &message, 1, || {
+                format!("line {}: {:?}", f.line, f.value)
+            });
             if severity == Severity::Error {
                 keep.get_or_insert_with(|| vec![true; batch.num_rows()])[f.row] = false;
                 problems.push(RowProblem {
                     line: f.line,
                     column: f.column.clone(),
                     value: f.value.clone(),
-                    reason: format!(
-                        "[{}] {} must be written YYYY-MM-DDTHH:mm:ssZ",
-                        f.rule, f.column
-                    ),
+                    reason: format!("[{id}] {message}"),
                 });
             }
         }
-        for v in rules::evaluate(&self.rules, &batch) {
+        for v in rules::evaluate(&self.rules, &batch, lines.as_ref(), &mut self.state) {
             let rule = &self.rules[v.rule];
+            let value_of = |k: usize, row: usize| match &v.values {
+                Some(values) => values[k].clone(),
+                None => rules::cell_text(&batch, &rule.column, row),
+            };
+            let first = (line_of(v.rows[0]), value_of(0, v.rows[0]));
             let stats = counts.entry(rule.id.clone()).or_default();
             stats.severity = Some(rule.severity);
+            if stats.message.is_empty() {
+                stats.message = rule.message.clone();
+            }
             stats.count += v.rows.len() as u64;
-            for &row in &v.rows {
-                let line = lines.as_ref().map(|l| l.value(row) as u64).unwrap_or(0);
-                let value = rules::cell_text(&batch, &rule.column, row);
-                if stats.examples.len() < EXAMPLES {
-                    stats.examples.push(format!("line {line}: {value:?}"));
+            for (k, &row) in v.rows.iter().enumerate().take(rules::EXAMPLES) {
+                if stats.examples.len() < rules::EXAMPLES {
+                    stats
+                        .examples
+                        .push(format!("line {}: {:?}", line_of(row), value_of(k, row)));
                 }
-                if rule.severity == Severity::Error {
-                    let keep = keep.get_or_insert_with(|| vec![true; batch.num_rows()]);
-                    keep[row] = false;
-                    problems.push(RowProblem {
-                        line,
-                        column: rule.column.clone(),
-                        value,
-                        reason: format!("[{}] {}", rule.id, rule.message),
-                    });
+            }
+            if rule.severity != Severity::Error {
+                continue;
+            }
+            if rule.level == Level::File {
+                let message = format!(
+                    "line {}, column {}: [{}] {}: {}",
+                    first.0, rule.column, rule.id, rule.message, first.1
+                );
+                if self.reject_on_file_error {
+                    return Err(Error::Rejected(message));
                 }
+                self.file_errors += v.rows.len() as u64;
+                self.first_file_error.get_or_insert(message);
+                continue;
+            }
+            let keep = keep.get_or_insert_with(|| vec![true; batch.num_rows()]);
+            for (k, &row) in v.rows.iter().enumerate() {
+                keep[row] = false;
+                problems.push(RowProblem {
+                    line: line_of(row),
+                    column: rule.column.clone(),
+                    value: value_of(k, row),
+                    reason: format!("[{}] {}", rule.id, rule.message),
+                });
             }
         }
         match keep {
@@ -222,13 +277,19 @@ impl Validator {
 pub struct FileVerdict {
     pub file: String,
     pub focus_version: String,
+    /// How the version was chosen: `forced` (--focus-version) or `detected` (from the columns).
+    pub version_from: String,
     pub profile: String,
+    /// The billing month the file's name gives (when it follows a known family); rows are
+    /// held to it by `BillingPeriod.FileName`.
+    pub name_month: Option<String>,
     pub rows: u64,
     pub rows_with_errors: u64,
-    /// Per rule: severity, count, first examples. Values that do not parse as their column's
-    /// type appear as `Type.<Column>`.
+    /// Per rule: severity, message, count, first examples. Values that do not parse as their
+    /// column's type appear as `Type.<Column>`.
     pub rules: RuleCounts,
-    /// Set when the file cannot be judged row by row (unreadable, not FOCUS 1.x, ...).
+    /// Set when the file is rejected as a whole (unreadable, not FOCUS 1.x, a header or
+    /// file-level rule at severity error).
     pub file_error: Option<String>,
 }
 
@@ -238,46 +299,15 @@ impl FileVerdict {
     }
 }
 
-/// FOCUS versions `validate` knows, newest first, with a column only that version (or later) has.
-const VERSION_MARKERS: &[(&str, &[&str])] = &[
-    (
-        "1.2",
-        &[
-            "BillingAccountType",
-            "InvoiceId",
-            "PricingCurrency",
-            "SubAccountType",
-        ],
-    ),
-    (
-        "1.1",
-        &[
-            "CapacityReservationId",
-            "ServiceSubcategory",
-            "SkuMeter",
-            "SkuPriceDetails",
-            "CommitmentDiscountQuantity",
-        ],
-    ),
-    ("1.0", &[]),
-];
-
-/// Picks the FOCUS version from the columns a file has: the newest whose own columns appear.
-pub fn detect_version(header: &[String]) -> &'static str {
-    VERSION_MARKERS
-        .iter()
-        .find(|(_, marks)| marks.is_empty() || marks.iter().any(|m| header.iter().any(|h| h == m)))
-        .map(|(v, _)| *v)
-        .unwrap_or("1.0")
-}
-
 /// Validates one file or `s3://bucket/key` object (compressed or not) without writing anything.
+/// `pipeline` names the billing month a file's name gives (for `BillingPeriod.FileName`).
 pub fn validate_file(
     uri: &str,
     s3: &crate::s3::S3Options,
     version: Option<&str>,
     profile: &Profile,
     schema_dir: Option<&std::path::Path>,
+    pipeline: Option<&crate::classify::Pipeline>,
 ) -> Result<FileVerdict> {
     use crate::decode::{CsvDecoder, DecodeOptions};
     use crate::source::{LocalSource, ObjectInfo, S3Source, Source};
@@ -322,10 +352,31 @@ pub fn validate_file(
             (Arc::new(LocalSource::new(dir)), object)
         }
     };
+    let versions = crate::schema::focus_versions(schema_dir)?;
+    let mut check = CheckContext {
+        column_versions: crate::schema::column_versions(&versions),
+        reject_on_file_error: false,
+        ..CheckContext::default()
+    };
+    let mut name_month = None;
+    if let Some(p) = pipeline {
+        if let crate::classify::Classification::Bill(bill) = p.classify(&object) {
+            let offset = crate::decode::parse_offset(&p.partition.period_utc_offset)?;
+            check.file.name_period = rules::month_bounds(&bill.unit.month, offset);
+            name_month = Some(bill.unit.month);
+        }
+    }
     let mut verdict = FileVerdict {
         file: uri.to_string(),
         focus_version: version.unwrap_or("").to_string(),
+        version_from: if version.is_some() {
+            "forced"
+        } else {
+            "detected"
+        }
+        .into(),
         profile: profile.name.clone(),
+        name_month,
         rows: 0,
         rows_with_errors: 0,
         rules: RuleCounts::new(),
@@ -333,7 +384,8 @@ pub fn validate_file(
     };
     let (reader, fetcher) = crate::fetch::spawn(source, object.clone())?;
     let spill = std::env::temp_dir().join(format!("billpipe-validate-{}", std::process::id()));
-    // Placeholders FOCUS forbids are read as null, so the NotNull rules report them.
+    // Placeholders FOCUS forbids are read as null and reported (NullPlaceholder.<Column>), so a
+    // placeholder in a column that allows no nulls also shows under NotNull.<Column>.
     let options = DecodeOptions {
         null_values: ["", "NULL", "null", "N/A"]
             .iter()
@@ -361,8 +413,11 @@ pub fn validate_file(
                     break;
                 }
             }
-            let chosen = match version {
-                Some(v) => v.to_string(),
+            let schema = match version {
+                Some(v) => versions
+                    .iter()
+                    .find(|s| s.version == v)
+                    .ok_or_else(|| Error::Config(format!("unknown FOCUS version {v:?}")))?,
                 None => {
                     let text = String::from_utf8_lossy(&first);
                     let header: Vec<String> = text
@@ -371,14 +426,14 @@ pub fn validate_file(
                         .split(',')
                         .map(|h| h.trim().trim_matches('"').to_string())
                         .collect();
-                    detect_version(&header).to_string()
+                    crate::schema::detect_version(&header, &versions)
+                        .ok_or_else(|| Error::Config("no FOCUS schema found".into()))?
                 }
             };
-            let schema = Schema::load(&format!("focus-{chosen}"), schema_dir)?;
-            verdict.focus_version = chosen;
+            verdict.focus_version = schema.version.clone();
             let rest = std::io::Cursor::new(first).chain(input);
-            let decoder = CsvDecoder::new(rest, name, &schema, options.clone(), None)?;
-            check_rows(decoder, &schema, profile, &mut verdict)
+            let decoder = CsvDecoder::new(rest, name, schema, options.clone(), None)?;
+            check_rows(decoder, schema, profile, &check, &mut verdict)
         },
     );
     let _ = std::fs::remove_dir_all(&spill);
@@ -395,6 +450,7 @@ fn check_rows<R: std::io::Read>(
     decoder: crate::decode::CsvDecoder<R>,
     schema: &Schema,
     profile: &Profile,
+    ctx: &CheckContext,
     verdict: &mut FileVerdict,
 ) -> Result<()> {
     let layout = decoder.layout().clone();
@@ -414,24 +470,21 @@ fn check_rows<R: std::io::Read>(
             schema.version
         )));
     }
-    let (validator, header) = Validator::new(schema, &layout, &[], profile)?;
+    let (mut validator, header) = Validator::new(schema, &layout, &[], profile, ctx)?;
     verdict.rules.extend(header.rules);
     for item in decoder {
         let decoded = item?;
         verdict.rows += decoded.batch.num_rows() as u64;
         let mut problems = decoded.problems;
         for p in &problems {
-            let stats = verdict
-                .rules
-                .entry(format!("Type.{}", p.column))
-                .or_default();
-            stats.severity = Some(Severity::Error);
-            stats.count += 1;
-            if stats.examples.len() < EXAMPLES {
-                stats
-                    .examples
-                    .push(format!("line {}: {:?} ({})", p.line, p.value, p.reason));
-            }
+            rules::tally(
+                &mut verdict.rules,
+                &format!("Type.{}", p.column),
+                Severity::Error,
+                &format!("{} must be a value of its FOCUS type", p.column),
+                1,
+                || format!("line {}: {:?} ({})", p.line, p.value, p.reason),
+            );
         }
         let typed_errors: std::collections::BTreeSet<u64> =
             problems.iter().map(|p| p.line).collect();
@@ -446,6 +499,9 @@ fn check_rows<R: std::io::Read>(
         let rule_errors: std::collections::BTreeSet<u64> =
             problems.iter().map(|p| p.line).collect();
         verdict.rows_with_errors += typed_errors.len() as u64 + rule_errors.len() as u64;
+    }
+    if let Some(e) = validator.first_file_error.take() {
+        verdict.file_error = Some(e);
     }
     Ok(())
 }

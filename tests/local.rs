@@ -205,6 +205,12 @@ fn decodes_real_world_csv_shapes() {
                 "ServiceCategory" => "-".into(),
                 "ListCost" => "1.5".into(),
                 "ContractedCost" => "1.25".into(),
+                "ListUnitPrice" => "1.5".into(),
+                "ContractedUnitPrice" => "1.25".into(),
+                "PricingQuantity" | "ConsumedQuantity" => "1".into(),
+                "PricingUnit" | "ConsumedUnit" => "Hours".into(),
+                "PricingCategory" => "Standard".into(),
+                "ResourceId" => "ins-1".into(),
                 "x_CustomNote" => note.to_string(),
                 "ServiceName" => "云服务器".into(),
                 "ProviderName" | "PublisherName" | "InvoiceIssuerName" => "Tencent Cloud".into(),
@@ -239,7 +245,11 @@ fn decodes_real_world_csv_shapes() {
         &[],
     );
     assert_eq!(out.code, 3, "{}", out.stdout);
-    assert_eq!(report["totals"]["rows_loaded"], 3);
+    assert_eq!(
+        report["totals"]["rows_loaded"], 3,
+        "{}",
+        report["objects"][0]
+    );
     assert_eq!(report["totals"]["rows_quarantined"], 1);
     // The bad row starts on line 5: line 2 holds a field with an embedded newline.
     let problems = report["objects"][0]["problems"].as_array().unwrap();

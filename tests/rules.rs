@@ -10,44 +10,7 @@ use common::*;
 
 /// A row valid under the strict profile, as (column, value); `change` overrides some values.
 fn row(change: &[(&str, &str)]) -> String {
-    let base: BTreeMap<&str, &str> = [
-        ("AvailabilityZone", "ap-guangzhou-3"),
-        ("BilledCost", "1.5"),
-        ("BillingAccountId", "400040004004"),
-        ("BillingAccountName", "示例科技有限公司"),
-        ("BillingCurrency", "CNY"),
-        ("BillingPeriodStart", "2025-11-30T16:00:00Z"),
-        ("BillingPeriodEnd", "2025-12-31T16:00:00Z"),
-        ("ChargeCategory", "Usage"),
-        ("ChargeDescription", "云服务器 按量计费, \"标准型\""),
-        ("ChargeFrequency", "Usage-Based"),
-        ("ChargePeriodStart", "2025-12-01T00:00:00Z"),
-        ("ChargePeriodEnd", "2025-12-01T01:00:00Z"),
-        ("ConsumedQuantity", "1"),
-        ("ConsumedUnit", "Hours"),
-        ("ContractedCost", "1.5"),
-        ("ContractedUnitPrice", "1.5"),
-        ("EffectiveCost", "1.5"),
-        ("InvoiceIssuerName", "腾讯云"),
-        ("ListCost", "2"),
-        ("ListUnitPrice", "2"),
-        ("PricingCategory", "Standard"),
-        ("PricingQuantity", "1"),
-        ("PricingUnit", "Hours"),
-        ("ProviderName", "腾讯云"),
-        ("PublisherName", "腾讯云"),
-        ("RegionId", "ap-guangzhou"),
-        ("RegionName", "华南地区（广州）"),
-        ("ResourceId", "ins-0001"),
-        ("ResourceName", "生产-订单服务"),
-        ("ServiceCategory", "Compute"),
-        ("ServiceName", "云服务器"),
-        ("SubAccountId", "400040004004"),
-        ("SubAccountName", "主账号"),
-        ("Tags", "{\"项目\":\"电商\"}"),
-    ]
-    .into_iter()
-    .collect();
+    let base: BTreeMap<&str, &str> = valid_focus_row("1.1").into_iter().collect();
     billpipe::generate::HEADER
         .iter()
         .map(|h| {
@@ -99,26 +62,34 @@ fn each_rule_family_reports_its_id_and_line() {
             &[("ChargePeriodStart", "2025-12-01 00:00:00")],
             "DateTimeFormat.ChargePeriodStart",
         ),
-        (&[("ChargeCategory", "usage")], "Allowed.ChargeCategory"),
+        (
+            &[
+                ("ChargeCategory", "usage"),
+                ("ConsumedQuantity", ""),
+                ("ConsumedUnit", ""),
+            ],
+            "Allowed.ChargeCategory",
+        ),
         (&[("ChargeClass", "Refund")], "Allowed.ChargeClass"),
         (
             &[("ChargePeriodEnd", "2025-12-01T00:00:00Z")],
             "ChargePeriod.Order",
         ),
-        (
-            &[("PricingQuantity", "")],
-            "Pair.PricingUnit.PricingQuantity",
-        ),
+        (&[("PricingUnit", "")], "Pair.PricingUnit.PricingQuantity"),
         (&[("RegionId", "")], "Pair.RegionName.RegionId"),
         (
             &[("ListUnitPrice", "-0.01"), ("ListCost", "-0.01")],
             "NonNegative.ListUnitPrice",
         ),
         (
-            &[("ChargeCategory", "Purchase")],
+            &[
+                ("ChargeCategory", "Purchase"),
+                ("ConsumedQuantity", ""),
+                ("ConsumedUnit", ""),
+            ],
             "Purchase.ChargeFrequency",
         ),
-        (&[("ProviderName", "NULL")], "NotNull.ProviderName"),
+        (&[("ProviderName", "")], "NotNull.ProviderName"),
     ];
     let mut rows = vec![row(&[])];
     rows.extend(cases.iter().map(|(change, _)| row(change)));
@@ -164,7 +135,8 @@ fn tencent_profile_keeps_documented_gaps_as_warnings() {
     for id in [
         "NotNull.EffectiveCost",
         "NotNull.ServiceCategory",
-        "Allowed.ChargeFrequency",
+        "Variant.ChargeFrequency",
+        "NullPlaceholder.ServiceCategory",
     ] {
         assert_eq!(o["rules"][id]["severity"], "warning", "{id}");
         assert_eq!(o["rules"][id]["count"], 2, "{id}");
@@ -283,7 +255,7 @@ fn validate_judges_files_without_loading_them() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout
-            .contains("(FOCUS 1.1, profile strict): 2 rows, 0 with errors"),
+            .contains("(FOCUS 1.1, detected, profile strict): 2 rows, 0 with errors"),
         "{}",
         out.stdout
     );

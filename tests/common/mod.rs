@@ -409,3 +409,65 @@ pub fn s3_lake_sums(ctx: &billpipe::s3::S3Context, bucket: &str, prefix: &str) -
     }
     sums
 }
+
+/// A FOCUS row valid under the strict profile, as (column, value) in header order. Chinese
+/// text in names, descriptions and tag keys is valid FOCUS.
+pub fn valid_focus_row(version: &str) -> Vec<(&'static str, &'static str)> {
+    let mut cols = vec![
+        ("AvailabilityZone", "ap-guangzhou-3"),
+        ("BilledCost", "1.5"),
+        ("BillingAccountId", "400040004004"),
+        ("BillingAccountName", "示例科技有限公司"),
+        ("BillingCurrency", "CNY"),
+        ("BillingPeriodStart", "2025-11-30T16:00:00Z"),
+        ("BillingPeriodEnd", "2025-12-31T16:00:00Z"),
+        ("ChargeCategory", "Usage"),
+        ("ChargeClass", ""),
+        ("ChargeDescription", "云服务器 按量计费, \"标准型\""),
+        ("ChargeFrequency", "Usage-Based"),
+        ("ChargePeriodStart", "2025-12-01T00:00:00Z"),
+        ("ChargePeriodEnd", "2025-12-01T01:00:00Z"),
+        ("ConsumedQuantity", "1"),
+        ("ConsumedUnit", "Hours"),
+        ("ContractedCost", "1.5"),
+        ("ContractedUnitPrice", "1.5"),
+        ("EffectiveCost", "1.5"),
+        ("InvoiceIssuerName", "腾讯云"),
+        ("ListCost", "2"),
+        ("ListUnitPrice", "2"),
+        ("PricingCategory", "Standard"),
+        ("PricingQuantity", "1"),
+        ("PricingUnit", "Hours"),
+        ("ProviderName", "腾讯云"),
+        ("PublisherName", "腾讯云"),
+        ("RegionId", "ap-guangzhou"),
+        ("RegionName", "华南地区（广州）"),
+        ("ResourceId", "ins-0001"),
+        ("ResourceName", "生产-订单服务"),
+        ("ResourceType", "云服务器实例"),
+        ("ServiceCategory", "Compute"),
+        ("ServiceName", "云服务器"),
+        ("SkuId", "sku-cvm-s5"),
+        ("SkuPriceId", "sku-cvm-s5-hour"),
+        ("SubAccountId", "400040004004"),
+        ("SubAccountName", "主账号"),
+        ("Tags", "{\"项目\":\"电商\",\"env\":\"生产\",\"keep\":true}"),
+    ];
+    if version >= "1.1" {
+        cols.extend([
+            ("ServiceSubcategory", "Virtual Machines"),
+            ("SkuMeter", "计算时长"),
+            ("SkuPriceDetails", "{\"CoreCount\":2,\"x_机型\":\"S5\"}"),
+        ]);
+    }
+    if version >= "1.2" {
+        cols.extend([("InvoiceId", "INV-202512-01")]);
+    }
+    if version >= "1.3" {
+        cols.extend([
+            ("ServiceProviderName", "腾讯云"),
+            ("HostProviderName", "腾讯云"),
+        ]);
+    }
+    cols
+}
