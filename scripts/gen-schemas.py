@@ -57,6 +57,12 @@ NULLABLE_OVERRIDES = {
 }
 
 
+# Names of FOCUS 0.5 / 1.0-preview columns renamed by 1.0 (focus-spec.md §7), so a file written
+# with them is reported as pre-1.0 rather than as a 1.x file missing columns.
+PREVIOUS_NAMES = {"AmortizedCost": "EffectiveCost", "ChargeType": "ChargeCategory",
+                  "UsageQuantity": "ConsumedQuantity", "UsageUnit": "ConsumedUnit", "Region": "RegionId"}
+
+
 def vnum(v):
     return tuple(int(x) for x in v.split("."))
 
@@ -208,6 +214,7 @@ def main(path):
             cols[row["version"]].append(row)
     for v in VERSIONS:
         out = [HEADER.format(v=v)]
+        out.append("previous_names = " + toml_value(PREVIOUS_NAMES))
         for row in cols[v]:
             out.append("\n[[column]]")
             out.append(f'name = "{row["column"]}"')

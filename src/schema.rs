@@ -52,6 +52,10 @@ pub struct Schema {
     pub decimal_scale: i8,
     #[serde(rename = "column")]
     pub columns: Vec<ColumnDef>,
+    /// Column names of earlier FOCUS drafts (0.5, 1.0-preview) and what they became, to tell an
+    /// old file from a broken one.
+    #[serde(default)]
+    pub previous_names: std::collections::BTreeMap<String, String>,
     /// Cross-column conformance rules (see `rules`).
     #[serde(default, rename = "rule")]
     pub rules: Vec<crate::rules::RuleDef>,

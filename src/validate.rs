@@ -70,6 +70,25 @@ impl Validator {
         profile: &Profile,
         ctx: &CheckContext,
     ) -> Result<(Validator, HeaderNotes)> {
+        let mut notes = HeaderNotes::default();
+        let mut first_file_error = None;
+        // A header rule at severity error rejects the file in `run`; `validate` records it and
+        // judges the rows anyway, so one pass shows everything wrong with a file.
+        let mut file_rule = |id: &str, message: String, example: String| -> Result<()> {
+            match profile.severity_of(id, Severity::Error) {
+                Severity::Off => {}
+                Severity::Error if ctx.reject_on_file_error => {
+                    return Err(Error::Rejected(format!("line 1: [{id}] {message}")))
+                }
+                severity => {
+                    rules::tally(&mut notes.rules, id, severity, &message, 1, || example);
+                    if severity == Severity::Error && first_file_error.is_none() {
+                        first_file_error = Some(format!("line 1: [{id}] {message}"));
+                    }
+                }
+            }
+            Ok(())
+        };
         let missing: Vec<&str> = schema
             .columns
             .iter()
@@ -78,13 +97,16 @@ impl Validator {
             .map(|c| c.name.as_str())
             .collect();
         if !missing.is_empty() {
-            return Err(Error::Rejected(format!(
-                "line 1: header lacks mandatory FOCUS {} column(s): {}",
-                schema.version,
-                missing.join(", ")
-            )));
+            file_rule(
+                "Column.Mandatory",
+                format!(
+                    "header lacks mandatory FOCUS {} column(s): {}",
+                    schema.version,
+                    missing.join(", ")
+                ),
+                format!("line 1: {}", missing.join(", ")),
+            )?;
         }
-        let mut notes = HeaderNotes::default();
         if !layout.unavailable.is_empty() {
             notes.notes.push(format!(
                 "mapped from a native format without {} (written as null)",
@@ -120,17 +142,7 @@ impl Validator {
                     ),
                 ),
             };
-            match profile.severity_of(id, Severity::Error) {
-                Severity::Off => {}
-                Severity::Error => {
-                    return Err(Error::Rejected(format!("line 1: [{id}] {message}")))
-                }
-                Severity::Warning => {
-                    rules::tally(&mut notes.rules, id, Severity::Warning, &message, 1, || {
-                        format!("line 1: {name:?}")
-                    })
-                }
-            }
+            file_rule(id, message, format!("line 1: {name:?}"))?;
         }
         if !not_custom.is_empty() {
             notes.notes.push(format!(
@@ -158,7 +170,7 @@ impl Validator {
                 state: FileState::default(),
                 reject_on_file_error: ctx.reject_on_file_error,
                 file_errors: 0,
-                first_file_error: None,
+                first_file_error,
             },
             notes,
         ))
@@ -454,20 +466,42 @@ fn check_rows<R: std::io::Read>(
     verdict: &mut FileVerdict,
 ) -> Result<()> {
     let layout = decoder.layout().clone();
-    let mandatory = schema
+    let header_names: Vec<&String> = layout.extra.iter().collect();
+    let old_names: Vec<String> = schema
+        .previous_names
+        .iter()
+        .filter(|(old, _)| header_names.contains(old))
+        .map(|(old, new)| format!("{old} (now {new})"))
+        .collect();
+    let mandatory: Vec<&str> = schema
         .columns
         .iter()
         .filter(|c| c.feature_level == FeatureLevel::Mandatory)
-        .count();
-    let missing = schema
-        .columns
+        .map(|c| c.name.as_str())
+        .collect();
+    let missing: Vec<&str> = mandatory
         .iter()
-        .filter(|c| c.feature_level == FeatureLevel::Mandatory && layout.absent.contains(&c.name))
-        .count();
-    if missing * 2 > mandatory {
+        .copied()
+        .filter(|c| layout.absent.iter().any(|a| a == c))
+        .collect();
+    // Judging rows of a file that is mostly not FOCUS 1.x would bury the one finding that
+    // matters under thousands of consequences.
+    if !old_names.is_empty() && missing.len() * 4 > mandatory.len() {
         return Err(Error::Rejected(format!(
-            "not a FOCUS 1.x file: {missing} of {mandatory} mandatory FOCUS {} columns are missing (FOCUS 0.5 or another format?)",
+            "not a FOCUS 1.x file: it uses pre-1.0 column names ({}) and lacks {} of {} mandatory FOCUS {} columns",
+            old_names.join(", "),
+            missing.len(),
+            mandatory.len(),
             schema.version
+        )));
+    }
+    if missing.len() * 2 > mandatory.len() {
+        return Err(Error::Rejected(format!(
+            "not a FOCUS 1.x Cost and Usage file: {} of {} mandatory FOCUS {} columns are missing ({})",
+            missing.len(),
+            mandatory.len(),
+            schema.version,
+            missing.join(", ")
         )));
     }
     let (mut validator, header) = Validator::new(schema, &layout, &[], profile, ctx)?;

@@ -655,3 +655,53 @@ fn generated_month_with_known_defects_counts_exactly() {
     let reported: BTreeSet<&str> = got.keys().map(String::as_str).collect();
     assert_eq!(reported, expected, "no other rule fires: {v}");
 }
+
+/// Public sample data is judged, not choked on: the FOCUS 1.0 sample file (1,000 rows of
+/// real-world shapes) and a file written with FOCUS 0.5 column names.
+#[test]
+fn public_samples_are_judged() {
+    let out = billpipe(&[
+        "validate",
+        "--json",
+        "testdata/focus-samples/focus_sample.csv",
+    ]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let f = &v["files"][0];
+    assert_eq!(f["focus_version"], "1.0");
+    assert_eq!(f["rows"], 1000);
+    // Its extra "Id" column is a file error, and every row is still judged.
+    assert!(f["file_error"]
+        .as_str()
+        .unwrap()
+        .contains("[CustomColumn.Prefix] column \"Id\""));
+    let got = found(f);
+    assert_eq!(
+        got["DateTimeFormat.BillingPeriodStart"],
+        ("error".into(), 1000, 2)
+    );
+    assert_eq!(
+        got["NonNegative.ContractedUnitPrice"],
+        ("error".into(), 1, 458)
+    );
+    assert_eq!(
+        got["NullPlaceholder.ChargeClass"],
+        ("error".into(), 1000, 2)
+    );
+    assert_eq!(got["Allowed.ChargeFrequency"], ("error".into(), 7, 927));
+
+    let out = billpipe(&[
+        "validate",
+        "--json",
+        "testdata/focus-samples/all_pass_0.5.csv",
+    ]);
+    assert_eq!(out.code, 3);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let e = v["files"][0]["file_error"].as_str().unwrap();
+    assert!(
+        e.starts_with(
+            "not a FOCUS 1.x file: it uses pre-1.0 column names (AmortizedCost (now EffectiveCost)"
+        ),
+        "{e}"
+    );
+}

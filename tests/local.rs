@@ -347,7 +347,9 @@ fn a_file_missing_a_mandatory_column_is_rejected_and_the_rest_loads() {
         .unwrap();
     let reason = rejected["reason"].as_str().unwrap();
     assert!(
-        reason.contains("line 1: header lacks mandatory FOCUS 1.1 column(s): BilledCost"),
+        reason.contains(
+            "line 1: [Column.Mandatory] header lacks mandatory FOCUS 1.1 column(s): BilledCost"
+        ),
         "{reason}"
     );
     assert!(
