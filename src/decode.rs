@@ -326,13 +326,14 @@ pub struct Finding {
     /// Row index in the batch.
     pub row: usize,
     pub line: u64,
-    pub column: String,
+    /// Index of the column in the batch.
+    pub column: usize,
     pub value: String,
     pub kind: FindingKind,
 }
 
 /// FOCUS text-format rules only the raw text can show (the typed value looks fine).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FindingKind {
     /// A date-time not written `YYYY-MM-DDTHH:mm:ssZ`.
     DateTimeFormat,
@@ -665,7 +666,7 @@ impl<R: Read> CsvDecoder<R> {
                 findings.push(Finding {
                     row: rows,
                     line,
-                    column: self.layout.columns[c].name.clone(),
+                    column: c,
                     value,
                     kind,
                 });

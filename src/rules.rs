@@ -115,6 +115,9 @@ fn default_error() -> Severity {
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub name: String,
+    /// A profile this one adds to: its entries apply unless this one sets the same key.
+    #[serde(default)]
+    pub extends: Option<String>,
     #[serde(default)]
     pub severity: HashMap<String, Severity>,
     /// Per column: a provider's spellings of allowed values, and the FOCUS value each stands
@@ -127,6 +130,10 @@ const EMBEDDED_PROFILES: &[(&str, &str)] = &[
     ("strict", include_str!("../schemas/profile-strict.toml")),
     ("tencent", include_str!("../schemas/profile-tencent.toml")),
     ("off", include_str!("../schemas/profile-off.toml")),
+    (
+        "tencent-l2",
+        include_str!("../schemas/profile-tencent-l2.toml"),
+    ),
 ];
 
 impl Profile {
@@ -165,7 +172,24 @@ impl Profile {
                     .ok_or_else(|| Error::Config(format!("unknown profile {name:?}")))?,
             }
         };
-        toml::from_str(&text).map_err(|e| Error::Config(format!("profile {name}: {e}")))
+        let mut profile: Profile =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("profile {name}: {e}")))?;
+        if let Some(base) = profile.extends.take() {
+            if base == name || base == profile.name {
+                return Err(Error::Config(format!("profile {name} extends itself")));
+            }
+            let base = Profile::load(&base, dir)?;
+            for (k, v) in base.severity {
+                profile.severity.entry(k).or_insert(v);
+            }
+            for (column, spellings) in base.variants {
+                let mine = profile.variants.entry(column).or_default();
+                for (k, v) in spellings {
+                    mine.entry(k).or_insert(v);
+                }
+            }
+        }
+        Ok(profile)
     }
 }
 
@@ -726,9 +750,13 @@ pub fn evaluate(
                 let mut texts = Vec::new();
                 for r in (&(&valid(key) & &valid(dep)) & &applies).set_indices() {
                     let line = lines.map(|l| l.value(r) as u64).unwrap_or(0);
-                    let (first, at) = seen
-                        .entry(key.value(r).to_string())
-                        .or_insert_with(|| (dep.value(r).to_string(), line));
+                    // Looked up before inserting, so a key is copied once per file, not per row.
+                    let (first, at) = match seen.get(key.value(r)) {
+                        Some(entry) => entry,
+                        None => seen
+                            .entry(key.value(r).to_string())
+                            .or_insert_with(|| (dep.value(r).to_string(), line)),
+                    };
                     if first != dep.value(r) {
                         rows.push(r);
                         texts.push(format!(

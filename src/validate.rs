@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch};
 use arrow_select::filter::filter_record_batch;
 
-use crate::decode::{Finding, Layout, RowProblem, SOURCE_LINE_COLUMN};
+use crate::decode::{Finding, FindingKind, Layout, RowProblem, SOURCE_LINE_COLUMN};
 use crate::rules::{
     self, CompiledRule, FileContext, FileState, Level, Profile, RuleCounts, Severity,
 };
@@ -211,21 +211,28 @@ impl Validator {
                 }
             }
         }
+        // Placeholders can be in every row: the rule's id, severity and message are worked out
+        // once per (rule, column), not once per finding.
+        let mut judged: HashMap<(FindingKind, usize), (String, Severity, String)> = HashMap::new();
         for f in findings {
-            let id = f.kind.rule_id(&f.column);
-            let severity = self.profile.severity_of(&id, Severity::Error);
-            if severity == Severity::Off {
+            let (id, severity, message) = judged.entry((f.kind, f.column)).or_insert_with(|| {
+                let schema = batch.schema();
+                let column = schema.field(f.column).name();
+                let id = f.kind.rule_id(column);
+                let severity = self.profile.severity_of(&id, Severity::Error);
+                (id, severity, f.kind.message(column))
+            });
+            if *severity == Severity::Off {
                 continue;
             }
-            let message = f.kind.message(&f.column);
-            rules::tally(counts, &id, severity, &message, 1, || {
+            rules::tally(counts, id, *severity, message, 1, || {
                 format!("line {}: {:?}", f.line, f.value)
             });
-            if severity == Severity::Error {
+            if *severity == Severity::Error {
                 keep.get_or_insert_with(|| vec![true; batch.num_rows()])[f.row] = false;
                 problems.push(RowProblem {
                     line: f.line,
-                    column: f.column.clone(),
+                    column: batch.schema().field(f.column).name().clone(),
                     value: f.value.clone(),
                     reason: format!("[{id}] {message}"),
                 });
