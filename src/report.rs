@@ -145,15 +145,26 @@ impl RunReport {
             for n in &o.notes {
                 s.push_str(&format!("        note: {n}\n"));
             }
+            // Errors with examples; warnings (expected gaps a profile accepts) in one line
+            // unless -v, so a nightly log shows what changed rather than the same gaps.
+            let mut warnings = Vec::new();
             for (id, r) in &o.rules {
-                let sev = match r.severity {
-                    Some(crate::rules::Severity::Error) => "error",
-                    _ => "warning",
-                };
+                let error = r.severity == Some(crate::rules::Severity::Error);
+                if error || verbose {
+                    let sev = if error { "error" } else { "warning" };
+                    s.push_str(&format!(
+                        "        rule {id}: {} {sev}(s), e.g. {}\n",
+                        r.count,
+                        r.examples.join("; ")
+                    ));
+                } else {
+                    warnings.push(format!("{id} {}", r.count));
+                }
+            }
+            if !warnings.is_empty() {
                 s.push_str(&format!(
-                    "        rule {id}: {} {sev}(s), e.g. {}\n",
-                    r.count,
-                    r.examples.join("; ")
+                    "        warnings (-v for examples): {}\n",
+                    warnings.join(", ")
                 ));
             }
         }
