@@ -75,16 +75,8 @@ const EMBEDDED: &[(&str, &str)] = &[
 
 impl Mapping {
     pub fn load(name: &str, dir: Option<&Path>) -> Result<Mapping> {
-        let text = match dir.map(|d| d.join(format!("{name}.toml"))) {
-            Some(path) if path.exists() => {
-                std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?
-            }
-            _ => EMBEDDED
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, t)| t.to_string())
-                .ok_or_else(|| Error::Config(format!("unknown mapping {name:?}")))?,
-        };
+        let (text, _) =
+            crate::schema::config_text(dir, &format!("{name}.toml"), name, EMBEDDED, "mapping")?;
         let mut mapping: Mapping =
             toml::from_str(&text).map_err(|e| Error::Config(format!("mapping {name}: {e}")))?;
         if let Some(base) = mapping.extends.clone() {

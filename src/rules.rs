@@ -161,16 +161,8 @@ impl Profile {
             let p = Path::new(name);
             std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?
         } else {
-            match dir.map(|d| d.join(format!("profile-{name}.toml"))) {
-                Some(p) if p.exists() => {
-                    std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?
-                }
-                _ => EMBEDDED_PROFILES
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, t)| t.to_string())
-                    .ok_or_else(|| Error::Config(format!("unknown profile {name:?}")))?,
-            }
+            let file = format!("profile-{name}.toml");
+            crate::schema::config_text(dir, &file, name, EMBEDDED_PROFILES, "profile")?.0
         };
         let mut profile: Profile =
             toml::from_str(&text).map_err(|e| Error::Config(format!("profile {name}: {e}")))?;
@@ -334,14 +326,15 @@ pub type RuleCounts = BTreeMap<String, RuleStats>;
 /// Examples kept per rule for reports.
 pub const EXAMPLES: usize = 3;
 
-/// Adds `count` findings of a rule to `counts`, with an example while there is room.
+/// Adds `count` findings of a rule to `counts`, with examples while there is room (only as
+/// many are made as fit).
 pub fn tally(
     counts: &mut RuleCounts,
     id: &str,
     severity: Severity,
     message: &str,
     count: u64,
-    example: impl FnOnce() -> String,
+    examples: impl IntoIterator<Item = String>,
 ) {
     let stats = counts.entry(id.to_string()).or_default();
     stats.severity = Some(severity);
@@ -349,9 +342,8 @@ pub fn tally(
         stats.message = message.to_string();
     }
     stats.count += count;
-    if stats.examples.len() < EXAMPLES {
-        stats.examples.push(example());
-    }
+    let room = EXAMPLES.saturating_sub(stats.examples.len());
+    stats.examples.extend(examples.into_iter().take(room));
 }
 
 /// What the rules need to know about the file beyond its rows.
@@ -617,7 +609,6 @@ pub fn evaluate(
     let mut out = Vec::new();
     for (ri, rule) in rules.iter().enumerate() {
         let col = |i: usize| batch.column(i);
-        let mut values = None;
         let broken: BooleanBuffer = match &rule.check {
             Check::NotNull(i) => {
                 if col(*i).null_count() == 0 {
@@ -703,7 +694,7 @@ pub fn evaluate(
                 let flat = matches!(rule.check, Check::KeyValue(_));
                 // Tags repeat from row to row: judge each distinct text once per batch.
                 let mut seen: HashMap<&str, bool> = HashMap::new();
-                let wrong = BooleanBuffer::collect_bool(n, |r| {
+                BooleanBuffer::collect_bool(n, |r| {
                     if c.is_null(r) {
                         return false;
                     }
@@ -711,27 +702,7 @@ pub fn evaluate(
                     *seen
                         .entry(text)
                         .or_insert_with(|| json_problem(text, flat).is_some())
-                });
-                if wrong.count_set_bits() > 0 {
-                    let rows: Vec<usize> =
-                        (&wrong & &rule.applies_mask(batch)).set_indices().collect();
-                    values = Some(
-                        rows.iter()
-                            .map(|r| {
-                                let text = c.value(*r);
-                                format!("{text} ({})", json_problem(text, flat).unwrap_or_default())
-                            })
-                            .collect(),
-                    );
-                    if !rows.is_empty() {
-                        out.push(Violations {
-                            rule: ri,
-                            rows,
-                            values,
-                        });
-                    }
-                }
-                continue;
+                })
             }
             Check::PeriodOfName(i, lo, hi) => {
                 let Some(c) = timestamps(col(*i)) else {
@@ -745,7 +716,7 @@ pub fn evaluate(
                     continue;
                 };
                 let seen = state.first_seen.entry(ri).or_default();
-                let applies = rule.applies_mask(batch);
+                let applies = rule.applies.mask(batch);
                 let mut rows = Vec::new();
                 let mut texts = Vec::new();
                 for r in (&(&valid(key) & &valid(dep)) & &applies).set_indices() {
@@ -779,43 +750,40 @@ pub fn evaluate(
         let broken = if rule.applies.is_always() {
             broken
         } else {
-            &broken & &rule.applies_mask(batch)
+            &broken & &rule.applies.mask(batch)
         };
         if broken.count_set_bits() == 0 {
             continue;
         }
         let rows: Vec<usize> = broken.set_indices().collect();
-        if let Check::Variant(i, _, map) = &rule.check {
-            if let Some(c) = strings(col(*i)) {
-                values = Some(
-                    rows.iter()
-                        .map(|r| {
-                            let v = c.value(*r);
-                            format!(
-                                "{v} (FOCUS: {})",
-                                map.get(v).map(String::as_str).unwrap_or("?")
-                            )
-                        })
-                        .collect(),
-                );
-            }
-        }
         out.push(Violations {
             rule: ri,
+            values: evidence(&rule.check, batch, &rows),
             rows,
-            values,
         });
     }
     out
 }
 
-impl CompiledRule {
-    fn applies_mask(&self, batch: &RecordBatch) -> BooleanBuffer {
-        if self.applies.is_always() {
-            BooleanBuffer::new_set(batch.num_rows())
-        } else {
-            self.applies.mask(batch)
+/// For rules whose broken cell alone does not say what is wrong, the text to report per row.
+fn evidence(check: &Check, batch: &RecordBatch, rows: &[usize]) -> Option<Vec<String>> {
+    let texts = |i: usize, f: &dyn Fn(&str) -> String| {
+        strings(batch.column(i)).map(|c| rows.iter().map(|r| f(c.value(*r))).collect())
+    };
+    match check {
+        Check::Variant(i, _, map) => texts(*i, &|v| {
+            format!(
+                "{v} (FOCUS: {})",
+                map.get(v).map(String::as_str).unwrap_or("?")
+            )
+        }),
+        Check::KeyValue(i) | Check::JsonObject(i) => {
+            let flat = matches!(check, Check::KeyValue(_));
+            texts(*i, &|v| {
+                format!("{v} ({})", json_problem(v, flat).unwrap_or_default())
+            })
         }
+        _ => None,
     }
 }
 

@@ -27,8 +27,7 @@ use arrow_array::RecordBatch;
 
 use crate::classify::{BillFile, Pipeline};
 use crate::decode::{
-    days_from_civil, format_decimal, parse_offset, CsvDecoder, DecodeOptions, MappedInput,
-    RowProblem,
+    format_decimal, parse_offset, CsvDecoder, DecodeOptions, MappedInput, RowProblem,
 };
 use crate::lake::{self, Lake};
 use crate::ledger::{Ledger, LedgerEntry, OutputFile};
@@ -100,7 +99,7 @@ struct Context {
     decode: DecodeOptions,
     period_offset_secs: i64,
     /// Every FOCUS column of any known version (see `validate::CheckContext`).
-    column_versions: std::collections::HashMap<String, String>,
+    column_versions: Arc<std::collections::HashMap<String, String>>,
 }
 
 fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
@@ -137,9 +136,9 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
     let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);
     let profile = Profile::load(profile_name, pipeline.schema_dir.as_deref())?;
-    let column_versions = crate::schema::column_versions(&crate::schema::focus_versions(
-        pipeline.schema_dir.as_deref(),
-    )?);
+    let column_versions = Arc::new(crate::schema::column_versions(
+        &crate::schema::focus_versions(pipeline.schema_dir.as_deref())?,
+    ));
     Ok(Context {
         column_versions,
         profile,
@@ -582,18 +581,15 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
 fn mapped_input(mapping: Arc<Mapping>, month: &str) -> Result<MappedInput> {
     let offset = parse_offset(&mapping.time_offset)?;
     let bad = || Error::Config(format!("bad bill month {month:?}"));
-    let (y, m) = month.split_once('-').ok_or_else(bad)?;
-    let (y, m): (i64, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    let utc = |y: i64, m: u32| {
-        let secs = days_from_civil(y, m, 1) * 86_400 - offset;
-        chrono::DateTime::from_timestamp(secs, 0)
+    let (start, end) = month_bounds(month, offset).ok_or_else(bad)?;
+    let utc = |micros: i64| {
+        chrono::DateTime::from_timestamp_micros(micros)
             .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
             .ok_or_else(bad)
     };
     Ok(MappedInput {
         mapping,
-        period: (utc(y, m)?, utc(ny, nm)?),
+        period: (utc(start)?, utc(end)?),
     })
 }
 

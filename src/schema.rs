@@ -6,7 +6,7 @@
 //! does not exist (an installed binary run outside the repository) the copies compiled into the
 //! binary are used, so `billpipe` works from any directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow_schema::{DataType, TimeUnit};
 use serde::Deserialize;
@@ -72,17 +72,8 @@ const EMBEDDED: &[(&str, &str)] = &[
 impl Schema {
     /// Loads `name` (e.g. `focus-1.1`) from `dir` if given and present, else the embedded copy.
     pub fn load(name: &str, dir: Option<&Path>) -> Result<Schema> {
-        if let Some(dir) = dir {
-            let path: PathBuf = dir.join(format!("{name}.toml"));
-            if path.exists() {
-                let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-                return Schema::parse(&text, &path.display().to_string());
-            }
-        }
-        match EMBEDDED.iter().find(|(n, _)| *n == name) {
-            Some((_, text)) => Schema::parse(text, &format!("embedded schema {name}")),
-            None => Err(Error::Config(format!("unknown schema {name:?}"))),
-        }
+        let (text, origin) = config_text(dir, &format!("{name}.toml"), name, EMBEDDED, "schema")?;
+        Schema::parse(&text, &origin)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Schema> {
@@ -116,6 +107,27 @@ impl Schema {
             ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         }
     }
+}
+
+/// The text of config file `file` in `dir` when it is there, else the copy compiled into the
+/// binary under `name` (so billpipe works outside the repository), with where it came from.
+/// `what` names the kind of file for errors ("schema", "mapping", "profile").
+pub fn config_text(
+    dir: Option<&Path>,
+    file: &str,
+    name: &str,
+    embedded: &[(&str, &str)],
+    what: &str,
+) -> Result<(String, String)> {
+    if let Some(path) = dir.map(|d| d.join(file)).filter(|p| p.exists()) {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        return Ok((text, path.display().to_string()));
+    }
+    embedded
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| (t.to_string(), format!("embedded {what} {name}")))
+        .ok_or_else(|| Error::Config(format!("unknown {what} {name:?}")))
 }
 
 /// Every FOCUS version billpipe knows: the embedded schemas plus any `focus-<version>.toml` in

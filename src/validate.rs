@@ -42,7 +42,7 @@ pub struct CheckContext {
     pub file: FileContext,
     /// Every FOCUS column of any version billpipe knows, with the first version that has it
     /// (tells a column of another FOCUS version from a custom column without `x_`).
-    pub column_versions: HashMap<String, String>,
+    pub column_versions: std::sync::Arc<HashMap<String, String>>,
     /// A file-level rule at severity error rejects the file at once (`run`), or is counted and
     /// the file read on to the end (`validate`, which reports every finding).
     pub reject_on_file_error: bool,
@@ -56,8 +56,7 @@ pub struct Validator {
     profile: Profile,
     state: FileState,
     reject_on_file_error: bool,
-    /// File-level errors seen (validate mode) and the first one, as a message.
-    pub file_errors: u64,
+    /// The first file-level error seen in validate mode (its count is in the rule stats).
     pub first_file_error: Option<String>,
 }
 
@@ -81,7 +80,7 @@ impl Validator {
                     return Err(Error::Rejected(format!("line 1: [{id}] {message}")))
                 }
                 severity => {
-                    rules::tally(&mut notes.rules, id, severity, &message, 1, || example);
+                    rules::tally(&mut notes.rules, id, severity, &message, 1, [example]);
                     if severity == Severity::Error && first_file_error.is_none() {
                         first_file_error = Some(format!("line 1: [{id}] {message}"));
                     }
@@ -169,7 +168,6 @@ impl Validator {
                 profile: profile.clone(),
                 state: FileState::default(),
                 reject_on_file_error: ctx.reject_on_file_error,
-                file_errors: 0,
                 first_file_error,
             },
             notes,
@@ -225,9 +223,14 @@ impl Validator {
             if *severity == Severity::Off {
                 continue;
             }
-            rules::tally(counts, id, *severity, message, 1, || {
-                format!("line {}: {:?}", f.line, f.value)
-            });
+            rules::tally(
+                counts,
+                id,
+                *severity,
+                message,
+                1,
+                std::iter::once_with(|| format!("line {}: {:?}", f.line, f.value)),
+            );
             if *severity == Severity::Error {
                 keep.get_or_insert_with(|| vec![true; batch.num_rows()])[f.row] = false;
                 problems.push(RowProblem {
@@ -245,19 +248,17 @@ impl Validator {
                 None => rules::cell_text(&batch, &rule.column, row),
             };
             let first = (line_of(v.rows[0]), value_of(0, v.rows[0]));
-            let stats = counts.entry(rule.id.clone()).or_default();
-            stats.severity = Some(rule.severity);
-            if stats.message.is_empty() {
-                stats.message = rule.message.clone();
-            }
-            stats.count += v.rows.len() as u64;
-            for (k, &row) in v.rows.iter().enumerate().take(rules::EXAMPLES) {
-                if stats.examples.len() < rules::EXAMPLES {
-                    stats
-                        .examples
-                        .push(format!("line {}: {:?}", line_of(row), value_of(k, row)));
-                }
-            }
+            rules::tally(
+                counts,
+                &rule.id,
+                rule.severity,
+                &rule.message,
+                v.rows.len() as u64,
+                v.rows
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &row)| format!("line {}: {:?}", line_of(row), value_of(k, row))),
+            );
             if rule.severity != Severity::Error {
                 continue;
             }
@@ -269,7 +270,6 @@ impl Validator {
                 if self.reject_on_file_error {
                     return Err(Error::Rejected(message));
                 }
-                self.file_errors += v.rows.len() as u64;
                 self.first_file_error.get_or_insert(message);
                 continue;
             }
@@ -373,7 +373,7 @@ pub fn validate_file(
     };
     let versions = crate::schema::focus_versions(schema_dir)?;
     let mut check = CheckContext {
-        column_versions: crate::schema::column_versions(&versions),
+        column_versions: Arc::new(crate::schema::column_versions(&versions)),
         reject_on_file_error: false,
         ..CheckContext::default()
     };
@@ -524,7 +524,7 @@ fn check_rows<R: std::io::Read>(
                 Severity::Error,
                 &format!("{} must be a value of its FOCUS type", p.column),
                 1,
-                || format!("line {}: {:?} ({})", p.line, p.value, p.reason),
+                std::iter::once_with(|| format!("line {}: {:?} ({})", p.line, p.value, p.reason)),
             );
         }
         let typed_errors: std::collections::BTreeSet<u64> =
