@@ -85,7 +85,8 @@ def rules_for(v):
         note="billing periods start and end on a boundary in some time zone, and every zone offset is whole minutes")
     add("BillingPeriod.FileName", "period_of_name", ["BillingPeriodStart"],
         "BillingPeriodStart must fall in the billing month the file's name gives (read at the pipeline's period offset)",
-        note="a row of another month would land in another month's partition and be counted twice; checked only when the name follows a known family")
+        severity="quarantine",
+        note="a row of another month cannot be placed in this file's snapshot: in another month's partition it would be counted twice, so run holds it out (severity quarantine) and reconciles it as held out; checked only when the name follows a known family")
     pairs = [("PricingUnit", "PricingQuantity"), ("ConsumedUnit", "ConsumedQuantity"),
              ("RegionName", "RegionId"), ("SubAccountName", "SubAccountId"),
              ("ResourceType", "ResourceId"), ("CommitmentDiscountCategory", "CommitmentDiscountId"),
@@ -171,7 +172,7 @@ def rules_for(v):
     if ver >= (1, 2):
         add("ServiceName.OneServiceCategory", "one_value_per", ["ServiceName", "ServiceCategory"],
             "each ServiceName must map to exactly one ServiceCategory within the file",
-            note="file level: the whole file is rejected under severity error")
+            note="file level: counted under severity error; the whole file is rejected under severity quarantine (gatekeeping)")
         add("ServiceName.OneServiceSubcategory", "one_value_per", ["ServiceName", "ServiceSubcategory"],
             "each ServiceName should map to exactly one ServiceSubcategory within the file",
             severity="warning", note="SHOULD in the spec, so a warning by default")

@@ -166,8 +166,9 @@ impl Pipeline {
         let schema = Schema::load(&def.schema, schema_dir)?;
         let mut families = Vec::new();
         for f in def.family {
-            // Any folder prefix, whole file name, any case.
-            let full = format!("(?i)(?:^|/)(?:{})$", f.pattern);
+            // Any folder prefix, whole file name, any case. `\d` means an ASCII digit: Unicode
+            // digits (`١١٥`, `１１５`) would make a second unit of the same account.
+            let full = format!("(?i)(?:^|/)(?:{})$", f.pattern.replace(r"\d", "[0-9]"));
             let regex = Regex::new(&full).map_err(|e| {
                 Error::Config(format!("{origin}: family {}: bad pattern: {e}", f.name))
             })?;
@@ -249,8 +250,8 @@ impl Pipeline {
                 (None, None) => None,
             };
             let Some((month, rank)) = parsed else {
-                return Classification::Unrecognised(format!(
-                    "name looks like family {} but its date is not a real date",
+                return Classification::NearMiss(format!(
+                    "named like family {} but its date is not a real date",
                     family.name
                 ));
             };
@@ -266,11 +267,86 @@ impl Pipeline {
                 rank,
             });
         }
+        if let Some(why) = self.near_miss(&obj.key) {
+            return Classification::NearMiss(why);
+        }
         Classification::Unrecognised(format!(
             "name matches no file family of pipeline {}",
             self.name
         ))
     }
+
+    /// Why an unrecognised key looks like a bill: it would match a family but for a copy
+    /// suffix (`… (1).csv`, `… - Copy.csv`) or an extra compression or partial-download
+    /// extension (`….csv.gz`, `….zip.part`). Such a file is not loaded (a copy would compete
+    /// with its original; a renamed or half-downloaded file is not what the family promises),
+    /// but the run says so and exits non-zero, since money may be missing.
+    fn near_miss(&self, key: &str) -> Option<String> {
+        const EXTRA_EXTENSIONS: [&str; 10] = [
+            ".gz",
+            ".gzip",
+            ".zst",
+            ".zstd",
+            ".bz2",
+            ".xz",
+            ".zip",
+            ".tmp",
+            ".part",
+            ".crdownload",
+        ];
+        let lower = key.to_ascii_lowercase();
+        let mut candidates: Vec<(String, String)> = Vec::new();
+        for ext in EXTRA_EXTENSIONS {
+            if lower.ends_with(ext) {
+                let cut = key.len() - ext.len();
+                candidates.push((
+                    key[..cut].to_string(),
+                    format!("an extra {ext:?} extension"),
+                ));
+            }
+        }
+        let (dir, name) = key.rsplit_once('/').map_or(("", key), |(d, n)| (d, n));
+        if let Some((stem, ext)) = name.rsplit_once('.') {
+            if let Some(original) = strip_copy_suffix(stem) {
+                let prefix = if dir.is_empty() {
+                    String::new()
+                } else {
+                    format!("{dir}/")
+                };
+                candidates.push((
+                    format!("{prefix}{original}.{ext}"),
+                    format!("the copy suffix {:?}", &stem[original.len()..]),
+                ));
+            }
+        }
+        for (candidate, why) in candidates {
+            if let Some(f) = self.families.iter().find(|f| f.regex.is_match(&candidate)) {
+                return Some(format!(
+                    "named like family {} but for {why}; rename it (or add a family) to load it",
+                    f.name
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// `stem` without a trailing copy marker (` (1)`, `(2)`, ` - Copy`, ` copy`, `_copy`).
+fn strip_copy_suffix(stem: &str) -> Option<&str> {
+    let trimmed = stem.trim_end();
+    if let Some(open) = trimmed.strip_suffix(')').and_then(|t| t.rfind('(')) {
+        let inside = &trimmed[open + 1..trimmed.len() - 1];
+        if !inside.is_empty() && inside.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(trimmed[..open].trim_end());
+        }
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    for marker in [" - copy", " copy", "_copy", "-copy"] {
+        if lower.ends_with(marker) {
+            return Some(&trimmed[..trimmed.len() - marker.len()]);
+        }
+    }
+    None
 }
 
 fn parse_date(s: &str) -> Option<NaiveDate> {
@@ -347,6 +423,9 @@ pub struct BillFile {
 #[derive(Debug, Clone)]
 pub enum Classification {
     Bill(BillFile),
+    /// Named like a bill but not one any family accepts (an impossible date, a copy suffix,
+    /// an extra extension): not loaded, reported, and the run exits non-zero.
+    NearMiss(String),
     Unrecognised(String),
 }
 
@@ -366,7 +445,7 @@ mod tests {
     fn bill(p: &Pipeline, key: &str) -> BillFile {
         match p.classify(&obj(key)) {
             Classification::Bill(b) => b,
-            Classification::Unrecognised(r) => panic!("{key}: {r}"),
+            Classification::Unrecognised(r) | Classification::NearMiss(r) => panic!("{key}: {r}"),
         }
     }
 
@@ -414,9 +493,22 @@ mod tests {
         assert_eq!(first.unit.month, "2025-12");
         assert!(first.rank < m.rank);
 
-        for skip in [
+        for near in [
             "FOCUS-bill_details-200020002001-20251340.CSV",
+            "FOCUS-bill_details-200020002001-20251209.CSV.gz",
+            "FOCUS-bill_details-200020002001-20251209 (2).CSV",
+            "folder/FOCUS-bill_details-200020002001-202512 - Copy.csv",
+            "200018967974-202511-by_used_time-bill_pack.zip.crdownload",
+        ] {
+            assert!(
+                matches!(p.classify(&obj(near)), Classification::NearMiss(_)),
+                "{near}"
+            );
+        }
+        for skip in [
             "FOCUS-bill_details-200020002001-20251209.CSV.bak",
+            "FOCUS-bill_details-١١٥-20251209.CSV",
+            "FOCUS-bill_details-１１５-20251209.CSV",
             "xFOCUS-bill_details-200020002001-20251209.CSV",
             "L2-bill_by_Instance-800000425835-202412-xx-test.csv",
             "dir/",

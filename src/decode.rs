@@ -5,9 +5,13 @@
 //! know are kept as strings. Two lineage columns, `x_SourceKey` and `x_SourceLine`, tie every row
 //! back to its object and line.
 //!
-//! A value that does not parse as its column's type does not stop the file: the row is set aside
-//! as a [`RowProblem`] (line, column, raw value, reason) and the next row is read. Only a file
-//! that cannot be read as CSV at all is an error. Parsing of numbers and date-times is written
+//! A value that does not parse as its column's type does not stop the file, nor drop its row:
+//! the cell is loaded as null and a [`Finding`] of kind `Type` (line, column, raw text, reason)
+//! goes to the checking step, which holds the row out only when the cell is one the row cannot
+//! be placed or counted without (account, billing period, BilledCost). A native value missing
+//! from a mapping table is the same kind of finding (`Unmapped`). Only a row whose field count
+//! differs from the header's is set aside here, as a [`RowProblem`]: its cells cannot be trusted
+//! to be in their columns. Only a file that cannot be read as CSV at all is an error. Parsing of numbers and date-times is written
 //! here rather than borrowed because the rules are billpipe's: exact decimals that never round,
 //! and date-times with an explicit rule for values written without a zone.
 
@@ -55,13 +59,16 @@ impl Default for DecodeOptions {
     }
 }
 
-/// A row that was not loaded, and why. Goes to the quarantine.
+/// A row held out of the lake, or a cell of a loaded row that was set to null, and why. Goes
+/// to the unit's quarantine file, so nothing is dropped or nulled without a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowProblem {
     pub line: u64,
     pub column: String,
     pub value: String,
     pub reason: String,
+    /// True: the row is not in the lake. False: the row is, with this cell null.
+    pub held_out: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,7 +327,8 @@ pub struct DecodedBatch {
     pub findings: Vec<Finding>,
 }
 
-/// A format finding on a loaded row.
+/// A finding on a loaded row: a text-format rule, or a cell that could not be typed or mapped
+/// (loaded as null).
 #[derive(Debug, Clone)]
 pub struct Finding {
     /// Row index in the batch.
@@ -330,6 +338,8 @@ pub struct Finding {
     pub column: usize,
     pub value: String,
     pub kind: FindingKind,
+    /// Why a `Type` or `Unmapped` cell failed (empty for format findings).
+    pub detail: String,
 }
 
 /// FOCUS text-format rules only the raw text can show (the typed value looks fine).
@@ -341,6 +351,10 @@ pub enum FindingKind {
     NumericFormat,
     /// A placeholder read as null (`NULL`, `N/A`, `-`, blanks): FOCUS leaves null cells empty.
     NullPlaceholder,
+    /// Not a value of the column's type (loaded as null).
+    Type,
+    /// A native value the mapping table does not list (the mapped cell loaded as null).
+    Mapping,
 }
 
 impl FindingKind {
@@ -356,6 +370,10 @@ impl FindingKind {
             ),
             FindingKind::NullPlaceholder => format!(
                 "{column} holds a placeholder for null; FOCUS leaves a null cell empty (read as null)"
+            ),
+            FindingKind::Type => format!("{column} must be a value of its FOCUS type"),
+            FindingKind::Mapping => format!(
+                "{column}: the native value is not in the mapping table (row kept, {column} null); add it to the mapping file"
             ),
         }
     }
@@ -382,8 +400,8 @@ pub struct CsvDecoder<R: Read> {
     last_line: u64,
     /// FOCUS files are held to FOCUS's text formats; native files (mapped) are not.
     check_formats: bool,
-    /// Format findings of the row being parsed: (output column, raw value, rule).
-    row_findings: Vec<(usize, String, FindingKind)>,
+    /// Findings of the row being parsed: (output column, raw value, rule, detail).
+    row_findings: Vec<(usize, String, FindingKind, String)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -484,8 +502,9 @@ impl<R: Read> CsvDecoder<R> {
         }
     }
 
-    /// Parses the current record into `scratch`. Returns whether the row is loadable (its
-    /// problems are added to `problems`), or an error that rejects the whole file.
+    /// Parses the current record into `scratch`. Returns whether the row is loadable (a row
+    /// whose field count is not the header's is not, and is added to `problems`; a cell that
+    /// does not type is loaded as null with a finding), or an error that rejects the file.
     fn parse_record(&mut self, line: u64, problems: &mut Vec<RowProblem>) -> Result<bool> {
         // One UTF-8 check over the whole record (string fields are not checked again one by one;
         // the batch's string arrays are re-checked in bulk). Bytes that are not UTF-8 mean the
@@ -506,7 +525,6 @@ impl<R: Read> CsvDecoder<R> {
                 self.options.max_record_bytes
             )));
         }
-        let mut ok = true;
         if self.record.len() != self.header_len {
             problems.push(RowProblem {
                 line,
@@ -517,6 +535,7 @@ impl<R: Read> CsvDecoder<R> {
                     self.record.len(),
                     self.header_len
                 ),
+                held_out: true,
             });
             return Ok(false);
         }
@@ -527,14 +546,10 @@ impl<R: Read> CsvDecoder<R> {
                     self.scratch[c] = Value::Null;
                     continue;
                 }
-                Err(reason) => {
-                    ok = false;
-                    problems.push(RowProblem {
-                        line,
-                        column: col.name.clone(),
-                        value: String::new(),
-                        reason,
-                    });
+                Err((raw, reason)) => {
+                    self.scratch[c] = Value::Null;
+                    self.row_findings
+                        .push((c, raw, FindingKind::Mapping, reason));
                     continue;
                 }
             };
@@ -574,7 +589,8 @@ impl<R: Read> CsvDecoder<R> {
                     parsed.map(Value::Decimal)
                 }
                 Kind::Timestamp => {
-                    if self.check_formats && !is_focus_datetime(field) {
+                    let parsed = parse_timestamp(field, self.options.naive_offset_secs);
+                    if self.check_formats && parsed.is_ok() && !is_focus_datetime(field) {
                         push_finding(
                             &mut self.row_findings,
                             c,
@@ -582,23 +598,23 @@ impl<R: Read> CsvDecoder<R> {
                             FindingKind::DateTimeFormat,
                         );
                     }
-                    parse_timestamp(field, self.options.naive_offset_secs).map(Value::Micros)
+                    parsed.map(Value::Micros)
                 }
             };
             match parsed {
                 Ok(v) => self.scratch[c] = v,
                 Err(reason) => {
-                    ok = false;
-                    problems.push(RowProblem {
-                        line,
-                        column: col.name.clone(),
-                        value: String::from_utf8_lossy(field).into_owned(),
+                    self.scratch[c] = Value::Null;
+                    self.row_findings.push((
+                        c,
+                        String::from_utf8_lossy(field).into_owned(),
+                        FindingKind::Type,
                         reason,
-                    });
+                    ));
                 }
             }
         }
-        Ok(ok)
+        Ok(true)
     }
 
     fn header_name(&self, source_index: usize) -> String {
@@ -662,13 +678,14 @@ impl<R: Read> CsvDecoder<R> {
             }
             keys.append_value(&self.key);
             lines.append_value(line as i64);
-            for (c, value, kind) in self.row_findings.drain(..) {
+            for (c, value, kind, detail) in self.row_findings.drain(..) {
                 findings.push(Finding {
                     row: rows,
                     line,
                     column: c,
                     value,
                     kind,
+                    detail,
                 });
             }
             rows += 1;
@@ -714,12 +731,17 @@ impl<R: Read> CsvDecoder<R> {
 }
 
 fn push_finding(
-    findings: &mut Vec<(usize, String, FindingKind)>,
+    findings: &mut Vec<(usize, String, FindingKind, String)>,
     column: usize,
     field: &[u8],
     kind: FindingKind,
 ) {
-    findings.push((column, String::from_utf8_lossy(field).into_owned(), kind));
+    findings.push((
+        column,
+        String::from_utf8_lossy(field).into_owned(),
+        kind,
+        String::new(),
+    ));
 }
 
 /// Watches the raw bytes on their way to the CSV parser: bounds line length (so garbage without
@@ -780,10 +802,12 @@ impl<R: Read> Iterator for CsvDecoder<R> {
 
 /// The raw bytes of an output column for the current row: `None` for an absent column, an error
 /// for a value a mapping table does not know.
+/// The raw bytes of an output column's value. `Err((native value, reason))` when a mapping
+/// table does not list the native value.
 fn resolve<'a>(
     source: &'a Source,
     record: &'a ByteRecord,
-) -> std::result::Result<Option<&'a [u8]>, String> {
+) -> std::result::Result<Option<&'a [u8]>, (String, String)> {
     match source {
         Source::Absent => Ok(None),
         Source::Field(i) => Ok(record.get(*i)),
@@ -797,10 +821,13 @@ fn resolve<'a>(
             let key = mapping::normalise(&String::from_utf8_lossy(raw));
             match values.get(&key) {
                 Some(v) => Ok(Some(v)),
-                None => Err(format!(
-                    "{native} {:?} is not in the mapping table; add it to the mapping file",
-                    String::from_utf8_lossy(raw)
-                )),
+                None => {
+                    let raw = String::from_utf8_lossy(raw).into_owned();
+                    let reason = format!(
+                        "{native} {raw:?} is not in the mapping table; add it to the mapping file"
+                    );
+                    Err((raw, reason))
+                }
             }
         }
     }

@@ -51,6 +51,11 @@ pub enum Error {
     /// The ledger in the destination is unreadable.
     #[error("ledger {path}: {message}")]
     Ledger { path: String, message: String },
+
+    /// A file in the lake is not what billpipe writes (unreadable Parquet, a column of another
+    /// type, a partition value that does not unescape), or there is no lake at all.
+    #[error("lake {path}: {message}")]
+    Lake { path: String, message: String },
 }
 
 impl Error {

@@ -78,6 +78,10 @@ pub struct GenerateOptions {
     pub bad_rows: Vec<u64>,
     /// Add 1 (in the last fractional digit) to every BilledCost: a restated bill.
     pub restated: bool,
+    /// Shape the month like real Tencent FOCUS files with their gaps (as the public FOCUS
+    /// sample has them): credits with negative BilledCost, Tax rows, and adjustments, whose
+    /// ContractedCost, ListCost, unit prices, quantities and ServiceName are empty.
+    pub gaps: bool,
 }
 
 /// What was written, for tests to compare the lake against.
@@ -279,13 +283,16 @@ pub fn write_focus_csv(opts: &GenerateOptions, out: impl Write) -> Result<Genera
             let (region_id, region_name, zone) = *rng.pick(REGIONS);
             let hour = rng.below(24) as i64;
             let kind = rng.below(100);
-            let (category, frequency) = match kind {
-                0..=89 => ("Usage", "Usage-based"),
-                90..=93 => ("Purchase", "One-time"),
-                94..=95 => ("Purchase", "Recurring"),
-                96..=97 => ("Credit", "One-time"),
+            let (category, frequency) = match (opts.gaps, kind) {
+                (false, 0..=89) | (true, 0..=79) => ("Usage", "Usage-based"),
+                (false, 90..=93) | (true, 80..=82) => ("Purchase", "One-time"),
+                (false, 94..=95) | (true, 83) => ("Purchase", "Recurring"),
+                (false, 96..=97) | (true, 84..=89) => ("Credit", "One-time"),
+                (true, 90..=94) => ("Tax", "One-time"),
                 _ => ("Adjustment", "One-time"),
             };
+            // Rows without a price: their pricing columns and ServiceName are empty.
+            let gap = opts.gaps && matches!(category, "Credit" | "Tax" | "Adjustment");
             let qty_e2 = 1 + rng.below(100_000) as i128; // 2 decimals
             let unit_e8 = (svc.price.0 + rng.below(svc.price.1 - svc.price.0)) as i128;
             let list_e8 = (qty_e2 * unit_e8 + 50) / 100;
@@ -293,7 +300,9 @@ pub fn write_focus_csv(opts: &GenerateOptions, out: impl Write) -> Result<Genera
             let contracted_unit_e8 = unit_e8 * discount_pct / 100;
             let contracted_e8 = (qty_e2 * contracted_unit_e8 + 50) / 100;
             let mut billed_e8 = match category {
+                "Credit" if opts.gaps => -contracted_e8, // a credit note
                 "Credit" => 0, // Tencent: voucher deductions carry BilledCost 0
+                "Tax" => contracted_e8 * 6 / 100,
                 "Adjustment" => -(contracted_e8 / 10),
                 _ => contracted_e8,
             };
@@ -329,6 +338,14 @@ pub fn write_focus_csv(opts: &GenerateOptions, out: impl Write) -> Result<Genera
                 money(billed_e8)
             };
             let resource_id = format!("{}{:08x}", svc.prefix, rng.next() as u32 % 4096);
+            let blank = |text: String| if gap { String::new() } else { text };
+            let quantity = blank(format!("{}.{:02}", qty_e2 / 100, qty_e2 % 100));
+            let unit = if gap { "" } else { svc.unit };
+            let contracted = blank(money(contracted_e8));
+            let contracted_unit = blank(money(contracted_unit_e8));
+            let list = blank(money(list_e8));
+            let list_unit = blank(money(unit_e8));
+            let service_name = if gap { "" } else { svc.name };
             let fields: [&str; 45] = [
                 zone,
                 &billed_text,
@@ -350,17 +367,17 @@ pub fn write_focus_csv(opts: &GenerateOptions, out: impl Write) -> Result<Genera
                 "",
                 "",
                 "",
-                &format!("{}.{:02}", qty_e2 / 100, qty_e2 % 100),
-                svc.unit,
-                &money(contracted_e8),
-                &money(contracted_unit_e8),
+                &quantity,
+                unit,
+                &contracted,
+                &contracted_unit,
                 "",
                 "Tencent Cloud International Pte. Ltd.",
-                &money(list_e8),
-                &money(unit_e8),
-                "Standard",
-                &format!("{}.{:02}", qty_e2 / 100, qty_e2 % 100),
-                svc.unit,
+                &list,
+                &list_unit,
+                if gap { "" } else { "Standard" },
+                &quantity,
+                unit,
                 "Tencent Cloud",
                 "Tencent Cloud",
                 region_id,
@@ -369,7 +386,7 @@ pub fn write_focus_csv(opts: &GenerateOptions, out: impl Write) -> Result<Genera
                 &resource_name,
                 "",
                 "",
-                svc.name,
+                service_name,
                 "",
                 "",
                 &sub,
@@ -428,6 +445,7 @@ mod tests {
             seed: 1,
             bad_rows: vec![],
             restated: false,
+            gaps: false,
         };
         let mut a = Vec::new();
         let mut b = Vec::new();

@@ -36,15 +36,27 @@ pub struct LedgerEntry {
     pub family: String,
     pub rank: SnapshotRank,
     pub outputs: Vec<OutputFile>,
-    /// Quarantine file of this snapshot's rejected rows, if any.
+    /// Quarantine file of this snapshot (rows held out, cells loaded as null), if any.
     pub quarantine: Option<String>,
     pub rows_loaded: u64,
+    /// Rows held out of the lake (not placeable or countable, or gatekept).
     pub rows_quarantined: u64,
     pub billed_cost: String,
+    /// BilledCost of the held-out rows whose BilledCost could be read (absent in ledgers
+    /// written before reconciliation was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billed_cost_held_out: Option<String>,
+    /// Held-out rows whose BilledCost could not be read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rows_cost_unreadable: u64,
     pub loaded_at: String,
     /// Set by `billpipe state reset`: the next run reloads this unit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reset: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `lake` is where output goes (local folder or S3), `report` what a run tells its operator,
-//! `run` wires the stages together, and `generate` makes realistic test and benchmark input.
+//! `run` wires the stages together, `totals` sums the lake as its readers see it, and `generate`
+//! makes realistic test and benchmark input.
 
 pub mod classify;
 pub mod decode;
@@ -27,6 +28,7 @@ pub mod run;
 pub mod s3;
 pub mod schema;
 pub mod source;
+pub mod totals;
 pub mod unpack;
 pub mod validate;
 pub mod write;

@@ -36,6 +36,8 @@ enum Command {
     Plan(RunArgs),
     /// Show what the lake holds per (account, month); `state reset` makes the next run reload.
     State(StateArgs),
+    /// Sum BilledCost and EffectiveCost per month, account and currency from the lake's files.
+    Totals(TotalsArgs),
     /// Check FOCUS files against the conformance rules without loading anything.
     Validate(ValidateArgs),
     /// Write a deterministic, realistic Tencent FOCUS CSV (tests, examples, benchmarks).
@@ -136,9 +138,14 @@ struct RunArgs {
     /// Objects loaded at the same time
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Conformance profile instead of the pipeline's: strict, tencent, off, or a .toml file
+    /// Conformance profile instead of the pipeline's: strict, tencent, off, strict-gate, or a
+    /// .toml file
     #[arg(long)]
     profile: Option<String>,
+    /// Gatekeeping: hold out of the lake every row with a finding of this severity (default:
+    /// none; findings are counted and the row is loaded, so the lake equals the bill)
+    #[arg(long, value_parser = ["error"])]
+    quarantine_on: Option<String>,
     /// zstd level of the Parquet files
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
@@ -205,6 +212,10 @@ struct GenerateArgs {
     /// Add 1e-8 to every BilledCost (a restated, re-delivered bill)
     #[arg(long)]
     restated: bool,
+    /// Shape it like real Tencent FOCUS files: credits (negative), Tax rows and adjustments
+    /// with empty ContractedCost, ListCost, unit prices, quantities and ServiceName
+    #[arg(long)]
+    gaps: bool,
     /// Output folder; the file gets Tencent's object name
     #[arg(long)]
     out_dir: PathBuf,
@@ -267,6 +278,7 @@ fn dispatch(command: Command) -> Result<i32> {
         Command::Run(args) => job(args, false),
         Command::Plan(args) => job(args, true),
         Command::State(args) => state(args),
+        Command::Totals(args) => totals(args),
         Command::Validate(args) => validate(args),
         Command::Generate(args) => generate(args),
     }
@@ -287,6 +299,7 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
         },
         jobs: args.jobs.max(1),
         profile: args.profile.clone(),
+        quarantine_on_error: args.quarantine_on.is_some(),
         lock: args.lock.options(),
         ..RunOptions::new(&args.source, &args.dest)
     };
@@ -415,7 +428,7 @@ fn state(args: StateArgs) -> Result<i32> {
             }
             println!(
                 "{:<14} {:<8} {:<22} {:>9} {:>6} {:>20}  source (etag)",
-                "account", "month", "loaded at", "rows", "quar.", "BilledCost"
+                "account", "month", "loaded at", "rows", "held", "BilledCost"
             );
             for e in ledger.units.values() {
                 println!(
@@ -524,6 +537,10 @@ fn validate(args: ValidateArgs) -> Result<i32> {
                         errors += r.count;
                         "error"
                     }
+                    Some(billpipe::rules::Severity::Quarantine) => {
+                        errors += r.count;
+                        "quarantine"
+                    }
                     _ => {
                         warnings += r.count;
                         "warning"
@@ -560,6 +577,7 @@ fn generate(args: GenerateArgs) -> Result<i32> {
         seed: args.seed,
         bad_rows: args.bad_rows.clone(),
         restated: args.restated,
+        gaps: args.gaps,
     };
     if let Some(mb) = args.target_mb {
         // Measure one day's worth of rows, then scale to the days the file holds.
@@ -605,5 +623,61 @@ fn generate(args: GenerateArgs) -> Result<i32> {
         stats.bytes,
         generate::format_e8(stats.billed_cost_e8)
     );
+    Ok(0)
+}
+
+#[derive(Args)]
+struct TotalsArgs {
+    /// The lake: a local folder or s3://bucket[/prefix]
+    #[arg(long)]
+    dest: String,
+    /// Only this billing month (YYYY-MM)
+    #[arg(long, value_parser = parse_month)]
+    month: Option<String>,
+    /// Only this billing account
+    #[arg(long)]
+    account: Option<String>,
+    /// Also group by ServiceName or SubAccountId
+    #[arg(long, value_parser = ["service", "sub-account"])]
+    by: Option<String>,
+    /// Print JSON (amounts as decimal strings)
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV (amounts as decimal strings)
+    #[arg(long)]
+    csv: bool,
+    /// Pipeline file, for how many days a month-to-date file covers (default as for `run`)
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// `billpipe totals`: amounts from the lake's Parquet files, snapshots from the ledger.
+fn totals(args: TotalsArgs) -> Result<i32> {
+    use billpipe::totals::{self, GroupBy, TotalsOptions};
+    let opts = TotalsOptions {
+        s3: args.s3.options(),
+        month: args.month.clone(),
+        account: args.account.clone(),
+        by: match &args.by {
+            Some(by) => GroupBy::from_name(by)?,
+            None => GroupBy::Partition,
+        },
+        pipeline: args.pipeline.clone(),
+        ..TotalsOptions::new(&args.dest)
+    };
+    let t = totals::totals(&opts).with_context(|| format!("totals of {}", args.dest))?;
+    if args.json {
+        println!("{}", t.to_json()?);
+    } else if args.csv {
+        print!("{}", t.to_csv()?);
+    } else {
+        print!("{}", t.human());
+        return Ok(0);
+    }
+    for finding in t.findings() {
+        eprintln!("billpipe: note: {finding}");
+    }
     Ok(0)
 }

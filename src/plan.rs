@@ -39,6 +39,8 @@ pub struct PlannedObject {
     pub bill: Option<BillFile>,
     pub action: Action,
     pub reason: String,
+    /// Not recognised, but named like a bill (see `Classification::NearMiss`).
+    pub near_miss: bool,
 }
 
 /// Operator choices that change the plan.
@@ -53,7 +55,7 @@ pub struct PlanOptions {
 }
 
 impl PlanOptions {
-    fn in_range(&self, month: &str) -> bool {
+    pub fn in_range(&self, month: &str) -> bool {
         self.from.as_deref().is_none_or(|f| month >= f)
             && self.to.as_deref().is_none_or(|t| month <= t)
     }
@@ -78,6 +80,7 @@ pub fn plan(
                     ),
                     bill: Some(bill),
                     action: Action::Skip,
+                    near_miss: false,
                 })
             }
             Classification::Bill(bill) => by_unit.entry(bill.unit.clone()).or_default().push(bill),
@@ -86,6 +89,14 @@ pub fn plan(
                 bill: None,
                 action: Action::Skip,
                 reason: format!("not a bill file: {reason}"),
+                near_miss: false,
+            }),
+            Classification::NearMiss(reason) => out.push(PlannedObject {
+                object: obj.clone(),
+                bill: None,
+                action: Action::Skip,
+                reason: format!("not loaded: {reason}"),
+                near_miss: true,
             }),
         }
     }
@@ -155,6 +166,7 @@ pub fn plan(
                     bill: Some(bill.clone()),
                     action,
                     reason: reason.clone(),
+                    near_miss: false,
                 });
                 continue;
             }
@@ -175,6 +187,7 @@ pub fn plan(
                 bill: Some(bill.clone()),
                 action: Action::Skip,
                 reason,
+                near_miss: false,
             });
         }
     }
@@ -211,6 +224,8 @@ mod tests {
             rows_loaded: 0,
             rows_quarantined: 0,
             billed_cost: "0".into(),
+            billed_cost_held_out: None,
+            rows_cost_unreadable: 0,
             loaded_at: String::new(),
             reset: false,
         });

@@ -46,6 +46,82 @@ pub struct ObjectReport {
     pub stages: StageSeconds,
     /// Conformance rules the object's rows broke: severity, count, first examples.
     pub rules: crate::rules::RuleCounts,
+    /// For a loaded snapshot: its rows and BilledCost from file to lake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciliation: Option<Reconciliation>,
+    /// An object no family recognised whose name looks like a bill (a copy suffix, an extra
+    /// compression extension, an impossible date): it is not loaded, and the run says so.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub near_miss: bool,
+}
+
+/// One snapshot from file to lake: every row read is loaded or held out, and the BilledCost of
+/// every row whose BilledCost could be read is in the lake or held out with its row.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Reconciliation {
+    pub rows_read: u64,
+    pub rows_loaded: u64,
+    pub rows_held_out: u64,
+    /// Sum of BilledCost over every row whose BilledCost could be read (after the mapping, for
+    /// native bills: 0 on Credit rows).
+    pub billed_cost_file: String,
+    /// Sum of BilledCost in the partition files written (what readers of the lake see).
+    pub billed_cost_lake: String,
+    pub billed_cost_held_out: String,
+    /// Held-out rows whose BilledCost could not be read at all (their amount is unknown).
+    pub rows_billed_cost_unreadable: u64,
+}
+
+impl Reconciliation {
+    pub fn new(t: &crate::validate::RowTally, lake_cost: i128, scale: i8) -> Reconciliation {
+        let f = |v| crate::decode::format_decimal(v, scale);
+        Reconciliation {
+            rows_read: t.rows_read,
+            rows_loaded: t.rows_loaded,
+            rows_held_out: t.rows_held_out,
+            billed_cost_file: f(t.cost_read()),
+            billed_cost_lake: f(lake_cost),
+            billed_cost_held_out: f(t.cost_held_out),
+            rows_billed_cost_unreadable: t.cost_unreadable_rows,
+        }
+    }
+
+    /// The lake shows the whole file.
+    pub fn complete(&self) -> bool {
+        self.rows_held_out == 0
+    }
+
+    /// The one-line account for the human summary, in words.
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "{} rows read: {} loaded, {} held out; BilledCost file {} ",
+            self.rows_read, self.rows_loaded, self.rows_held_out, self.billed_cost_file
+        );
+        if self.complete() {
+            s.push_str(&format!("= lake {}", self.billed_cost_lake));
+        } else {
+            s.push_str(&format!(
+                "= lake {} + held out {}; THE LAKE IS SHORT OF THIS FILE by {} row(s)",
+                self.billed_cost_lake, self.billed_cost_held_out, self.rows_held_out
+            ));
+            if self
+                .billed_cost_held_out
+                .trim_start_matches(['-', '0', '.'])
+                .is_empty()
+            {
+                s.push_str(" (BilledCost 0 among those that could be read)");
+            } else {
+                s.push_str(&format!(" and BilledCost {}", self.billed_cost_held_out));
+            }
+            if self.rows_billed_cost_unreadable > 0 {
+                s.push_str(&format!(
+                    ", plus {} row(s) whose BilledCost could not be read",
+                    self.rows_billed_cost_unreadable
+                ));
+            }
+        }
+        s
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -67,6 +143,42 @@ pub struct Totals {
     pub rows_quarantined: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Objects recognised as bill files (by any family, in range or not).
+    pub bills: u64,
+    /// Unrecognised objects whose names look like bills (see `ObjectReport::near_miss`).
+    pub near_misses: u64,
+}
+
+/// A unit the lake holds without all of its file's rows: money missing from the lake until a
+/// corrected snapshot replaces it. Listed by every run (in its month range) and in `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LakeGap {
+    pub unit: String,
+    pub source_key: String,
+    pub rows_held_out: u64,
+    /// BilledCost of the held-out rows that could be read (unknown for old ledgers).
+    pub billed_cost_held_out: Option<String>,
+    pub rows_billed_cost_unreadable: u64,
+    pub quarantine: Option<String>,
+}
+
+impl LakeGap {
+    /// Units of `ledger` in the month range whose snapshot held rows out.
+    pub fn find(ledger: &crate::ledger::Ledger, in_range: impl Fn(&str) -> bool) -> Vec<LakeGap> {
+        ledger
+            .units
+            .values()
+            .filter(|e| e.rows_quarantined > 0 && in_range(&e.unit.month))
+            .map(|e| LakeGap {
+                unit: e.unit.to_string(),
+                source_key: e.source.key.clone(),
+                rows_held_out: e.rows_quarantined,
+                billed_cost_held_out: e.billed_cost_held_out.clone(),
+                rows_billed_cost_unreadable: e.rows_cost_unreadable,
+                quarantine: e.quarantine.clone(),
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +192,8 @@ pub struct RunReport {
     pub seconds: f64,
     pub objects: Vec<ObjectReport>,
     pub totals: Totals,
+    /// Units whose loaded snapshot lacks held-out rows, after this run (money not in the lake).
+    pub lake_gaps: Vec<LakeGap>,
     /// Set when the run itself failed (listing, writing the lake, ...).
     pub error: Option<String>,
 }
@@ -95,6 +209,12 @@ impl RunReport {
                 Outcome::Skip => t.skipped += 1,
                 Outcome::Reject => t.rejected += 1,
             }
+            if o.family.is_some() {
+                t.bills += 1;
+            }
+            if o.near_miss {
+                t.near_misses += 1;
+            }
             t.rows_loaded += o.rows_loaded;
             t.rows_quarantined += o.rows_quarantined;
             t.bytes_read += o.bytes_read;
@@ -103,41 +223,63 @@ impl RunReport {
         self.totals = t;
     }
 
+    /// Non-zero while money may be missing from the lake: objects rejected, rows held out (in
+    /// this run or still, from an earlier one), names that look like bills but are not loaded,
+    /// or a source with objects of which none is a bill. Conformance findings on rows that are
+    /// in the lake never change it: imperfect data that is loaded is not an alert every night.
     pub fn exit_code(&self) -> i32 {
         if self.error.is_some() {
             EXIT_FAILED
-        } else if self.totals.rejected > 0 || self.totals.rows_quarantined > 0 {
+        } else if self.money_missing() {
             EXIT_REJECTIONS
         } else {
             EXIT_OK
         }
     }
 
+    fn money_missing(&self) -> bool {
+        let t = &self.totals;
+        t.rejected > 0
+            || t.rows_quarantined > 0
+            || t.near_misses > 0
+            || !self.lake_gaps.is_empty()
+            || self.no_bills()
+    }
+
+    /// The source has objects but none is a bill file of the pipeline.
+    fn no_bills(&self) -> bool {
+        self.totals.objects > 0 && self.totals.bills == 0
+    }
+
     /// One line per object that was (or would be) acted on or rejected, then the totals.
     pub fn human(&self, verbose: bool) -> String {
         let mut s = String::new();
-        let would = if self.command == "plan" { "would " } else { "" };
+        let mut quiet_skips: std::collections::BTreeMap<&str, u64> = Default::default();
         for o in &self.objects {
-            if o.outcome == Outcome::Skip && !verbose && self.command != "plan" {
+            if o.outcome == Outcome::Skip && !verbose && self.command != "plan" && !o.near_miss {
+                // Grouped by the reason's kind: what follows `:`, ` by ` or ` (` names the
+                // object or snapshot, which -v lists.
+                let why = [":", " by ", " ("]
+                    .iter()
+                    .filter_map(|sep| o.reason.find(sep))
+                    .min()
+                    .map_or(o.reason.as_str(), |end| &o.reason[..end]);
+                *quiet_skips.entry(why).or_default() += 1;
                 continue;
             }
             let tag = match o.outcome {
                 Outcome::Ingest => "ingest ",
                 Outcome::Replace => "replace",
+                Outcome::Skip if o.near_miss => "NEAR-MISS",
                 Outcome::Skip => "skip   ",
                 Outcome::Reject => "REJECT ",
             };
             s.push_str(&format!("{tag} {}  - {}\n", o.key, o.reason));
-            if self.command != "plan" && matches!(o.outcome, Outcome::Ingest | Outcome::Replace) {
-                s.push_str(&format!(
-                    "        {} rows loaded, {} quarantined, BilledCost {}\n",
-                    o.rows_loaded,
-                    o.rows_quarantined,
-                    o.billed_cost.as_deref().unwrap_or("-")
-                ));
+            if let Some(r) = &o.reconciliation {
+                s.push_str(&format!("        {}\n", r.human()));
             }
             for p in &o.problems {
-                s.push_str(&format!("        quarantined: {p}\n"));
+                s.push_str(&format!("        {p}\n"));
             }
             if let Some(q) = &o.quarantine {
                 s.push_str(&format!("        quarantine file: {q}\n"));
@@ -149,11 +291,15 @@ impl RunReport {
             // unless -v, so a nightly log shows what changed rather than the same gaps.
             let mut warnings = Vec::new();
             for (id, r) in &o.rules {
-                let error = r.severity == Some(crate::rules::Severity::Error);
+                let error = r.severity.is_some_and(|s| s.is_error());
                 if error || verbose {
-                    let sev = if error { "error" } else { "warning" };
+                    let sev = match r.severity {
+                        Some(crate::rules::Severity::Quarantine) => "row(s) held out",
+                        Some(crate::rules::Severity::Error) => "error(s)",
+                        _ => "warning(s)",
+                    };
                     s.push_str(&format!(
-                        "        rule {id}: {} {sev}(s), e.g. {}\n",
+                        "        rule {id}: {} {sev}, e.g. {}\n",
                         r.count,
                         r.examples.join("; ")
                     ));
@@ -169,13 +315,68 @@ impl RunReport {
             }
         }
         let t = &self.totals;
-        s.push_str(&format!(
-            "\n{} objects: {} {would}ingested, {} {would}replaced, {} skipped, {} rejected\n",
-            t.objects, t.ingested, t.replaced, t.skipped, t.rejected
-        ));
+        if !quiet_skips.is_empty() {
+            let parts: Vec<String> = quiet_skips
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
+            s.push_str(&format!("skipped (-v to list): {}\n", parts.join(", ")));
+        }
+        if self.no_bills() {
+            let examples: Vec<&str> = self
+                .objects
+                .iter()
+                .take(3)
+                .map(|o| o.key.as_str())
+                .collect();
+            s.push_str(&format!(
+                "NO BILL FILES: none of the {} object(s) is a bill file of pipeline {} (e.g. {}); is --source right, or do these files need another --pipeline?\n",
+                t.objects,
+                self.pipeline,
+                examples.join(", ")
+            ));
+        }
+        if t.near_misses > 0 {
+            s.push_str(&format!(
+                "{} object(s) look like bills but match no family (NEAR-MISS above): not loaded\n",
+                t.near_misses
+            ));
+        }
+        for g in &self.lake_gaps {
+            s.push_str(&format!(
+                "LAKE SHORT: {} (from {}) lacks {} held-out row(s){}{}; see {}\n",
+                g.unit,
+                g.source_key,
+                g.rows_held_out,
+                g.billed_cost_held_out
+                    .as_ref()
+                    .map(|c| format!(" with BilledCost {c}"))
+                    .unwrap_or_default(),
+                if g.rows_billed_cost_unreadable > 0 {
+                    format!(
+                        " ({} with unreadable BilledCost)",
+                        g.rows_billed_cost_unreadable
+                    )
+                } else {
+                    String::new()
+                },
+                g.quarantine.as_deref().unwrap_or("the report")
+            ));
+        }
+        if self.command == "plan" {
+            s.push_str(&format!(
+                "\n{} objects: {} to ingest, {} to replace, {} to skip\n",
+                t.objects, t.ingested, t.replaced, t.skipped
+            ));
+        } else {
+            s.push_str(&format!(
+                "\n{} objects: {} ingested, {} replaced, {} skipped, {} rejected\n",
+                t.objects, t.ingested, t.replaced, t.skipped, t.rejected
+            ));
+        }
         if self.command != "plan" {
             s.push_str(&format!(
-                "rows: {} loaded, {} quarantined; bytes: {} read, {} written; {:.2} s ({:.1} MB/s)\n",
+                "rows: {} loaded, {} held out; bytes: {} read, {} written; {:.2} s ({:.1} MB/s)\n",
                 t.rows_loaded,
                 t.rows_quarantined,
                 t.bytes_read,

@@ -12,8 +12,12 @@
 //! names Tencent's own spellings of allowed values (`[variants]`), which are then counted under
 //! `Variant.<Column>` instead of failing `Allowed.<Column>`. Values are never rewritten.
 //!
-//! Severities: `error` quarantines the row (or, for file-level rules, rejects the file),
-//! `warning` keeps it and counts it in the report, `off` skips the rule.
+//! Severities: `error` and `warning` keep the row and count it in the report (an error is a
+//! breach of the spec, a warning a gap the profile accepts); `quarantine` holds the row out of
+//! the lake (or, for a file-level rule, rejects the file) — gatekeeping the user opts in to, in a
+//! profile or with `--quarantine-on error`; `off` skips the rule. Judging is not holding out:
+//! the lake must equal the bill, so by default no rule removes a row's money. `billpipe
+//! validate` treats `error` and `quarantine` alike (both fail the file).
 //!
 //! Every check produces a boolean mask over the batch with Arrow kernels (null bitmaps, `eq`,
 //! bitwise and/or/not, tight loops over primitive values); only the rows a mask selects are
@@ -36,9 +40,19 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Hold the row out of the lake (file-level rules: reject the file). Opt-in gatekeeping.
+    Quarantine,
     Error,
     Warning,
     Off,
+}
+
+impl Severity {
+    /// A breach of the spec (`error`, or `quarantine` which also holds the row out): what
+    /// `validate` fails a file for.
+    pub fn is_error(self) -> bool {
+        matches!(self, Severity::Error | Severity::Quarantine)
+    }
 }
 
 /// What a cross-column rule checks. `columns` of the rule are the operands, in the order given.
@@ -124,6 +138,17 @@ pub struct Profile {
     /// for. Such values pass `Allowed.<Column>` and are counted under `Variant.<Column>`.
     #[serde(default)]
     pub variants: BTreeMap<String, BTreeMap<String, String>>,
+    /// `"error"`: every rule at severity error quarantines instead (gatekeeping: rows breaking
+    /// the spec are held out of the lake). Set here or with `run --quarantine-on error`.
+    #[serde(default)]
+    pub quarantine_on: Option<QuarantineOn>,
+}
+
+/// Which findings hold rows out of the lake besides those at severity `quarantine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineOn {
+    Error,
 }
 
 const EMBEDDED_PROFILES: &[(&str, &str)] = &[
@@ -134,12 +159,24 @@ const EMBEDDED_PROFILES: &[(&str, &str)] = &[
         "tencent-l2",
         include_str!("../schemas/profile-tencent-l2.toml"),
     ),
+    (
+        "strict-gate",
+        include_str!("../schemas/profile-strict-gate.toml"),
+    ),
 ];
 
 impl Profile {
     /// The severity this profile gives rule `id`: an entry for it, else the longest matching
     /// family entry (`"NullPlaceholder.*"`), else `"*"`, else `default`.
     pub fn severity_of(&self, id: &str, default: Severity) -> Severity {
+        let severity = self.configured_severity(id, default);
+        match (severity, self.quarantine_on) {
+            (Severity::Error, Some(QuarantineOn::Error)) => Severity::Quarantine,
+            (s, _) => s,
+        }
+    }
+
+    fn configured_severity(&self, id: &str, default: Severity) -> Severity {
         if let Some(s) = self.severity.get(id) {
             return *s;
         }
@@ -171,6 +208,7 @@ impl Profile {
                 return Err(Error::Config(format!("profile {name} extends itself")));
             }
             let base = Profile::load(&base, dir)?;
+            profile.quarantine_on = profile.quarantine_on.or(base.quarantine_on);
             for (k, v) in base.severity {
                 profile.severity.entry(k).or_insert(v);
             }

@@ -34,11 +34,13 @@ use crate::ledger::{Ledger, LedgerEntry, OutputFile};
 use crate::lock::{self, LockOptions};
 use crate::mapping::Mapping;
 use crate::plan::{self, Action, PlanOptions, PlannedObject};
-use crate::report::{ObjectReport, Outcome, RunReport, StageSeconds, Totals};
+use crate::report::{
+    LakeGap, ObjectReport, Outcome, Reconciliation, RunReport, StageSeconds, Totals,
+};
 use crate::rules::{month_bounds, FileContext, Profile, RuleCounts};
 use crate::s3::{S3Context, S3Options};
 use crate::source::{self, ObjectInfo, Source};
-use crate::validate::{CheckContext, Validator};
+use crate::validate::{CheckContext, CheckMode, RowTally, Validator};
 use crate::write::{PartitionedWriter, WriteOptions, WrittenPart};
 use crate::{fetch, unpack};
 use crate::{Error, Result};
@@ -65,6 +67,8 @@ pub struct RunOptions {
     pub limits: unpack::Limits,
     /// Conformance profile instead of the pipeline's (`strict`, `tencent`, ...).
     pub profile: Option<String>,
+    /// Gatekeeping (`--quarantine-on error`): rows with error findings are held out.
+    pub quarantine_on_error: bool,
 }
 
 impl RunOptions {
@@ -82,6 +86,7 @@ impl RunOptions {
             fetch_attempts: 4,
             limits: unpack::Limits::default(),
             profile: None,
+            quarantine_on_error: false,
         }
     }
 }
@@ -135,7 +140,10 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     };
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
     let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);
-    let profile = Profile::load(profile_name, pipeline.schema_dir.as_deref())?;
+    let mut profile = Profile::load(profile_name, pipeline.schema_dir.as_deref())?;
+    if opts.quarantine_on_error {
+        profile.quarantine_on = Some(crate::rules::QuarantineOn::Error);
+    }
     let column_versions = Arc::new(crate::schema::column_versions(
         &crate::schema::focus_versions(pipeline.schema_dir.as_deref())?,
     ));
@@ -163,6 +171,7 @@ fn new_report(command: &str, opts: &RunOptions) -> RunReport {
         seconds: 0.0,
         objects: Vec::new(),
         totals: Totals::default(),
+        lake_gaps: Vec::new(),
         error: None,
     }
 }
@@ -188,6 +197,8 @@ fn object_report(p: &PlannedObject, outcome: Outcome) -> ObjectReport {
         seconds: 0.0,
         stages: StageSeconds::default(),
         rules: RuleCounts::new(),
+        reconciliation: None,
+        near_miss: p.near_miss,
     }
 }
 
@@ -209,6 +220,7 @@ pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
     for p in plan::plan(&ctx.pipeline, &ctx.listing, &ledger, &opts.plan) {
         report.objects.push(object_report(&p, outcome_of(p.action)));
     }
+    report.lake_gaps = LakeGap::find(&ledger, |m| opts.plan.in_range(m));
     report.seconds = start.elapsed().as_secs_f64();
     report.compute_totals();
     Ok(report)
@@ -332,6 +344,7 @@ pub fn run_with_progress(
         .into_inner()
         .map_err(|_| Error::Config("a job panicked".into()))?;
     report.error = failure.into_inner().ok().flatten();
+    report.lake_gaps = LakeGap::find(&*lock_ledger(&ctx.ledger)?, |m| opts.plan.in_range(m));
     report.seconds = start.elapsed().as_secs_f64();
     report.compute_totals();
     Ok(report)
@@ -373,7 +386,10 @@ fn load_with_retries(
 /// What reading one file produced, before anything is published.
 struct Staged {
     parts: Vec<WrittenPart>,
+    /// The unit's quarantine file in staging (rows held out, cells loaded as null) and the
+    /// number of rows held out.
     quarantine: Option<(PathBuf, u64)>,
+    tally: RowTally,
     problems: Vec<String>,
     notes: Vec<String>,
     bytes_read: u64,
@@ -425,6 +441,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
     let mut notes = Vec::new();
     let mut decode_time = std::time::Duration::ZERO;
     let mut rule_counts = RuleCounts::new();
+    let mut tally = RowTally::default();
     let part = &ctx.pipeline.partition;
     let spill = ctx.lake.staging().join("spill");
     let mapped = match &bill.mapping {
@@ -457,7 +474,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
                             name_period: month_bounds(&bill.unit.month, ctx.period_offset_secs),
                         },
                         column_versions: ctx.column_versions.clone(),
-                        reject_on_file_error: true,
+                        mode: CheckMode::Load,
                     };
                     let (validator, header_notes) = Validator::new(
                         schema,
@@ -496,6 +513,7 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
                     &decoded.findings,
                     &mut problems,
                     &mut rule_counts,
+                    &mut tally,
                 )?;
                 quarantine.add(name, &problems)?;
                 let t = Instant::now();
@@ -559,10 +577,34 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         None => (Vec::new(), 0.0),
     };
     notes.extend(unpacked.unwrap_or_default());
-    let (problems, rows_quarantined) = quarantine.finish()?;
+    let (problems, recorded) = quarantine.finish()?;
+    // The writer's own sums are the lake's: they must be what the checks let through.
+    let written_cost: i128 = parts.iter().map(|p| p.billed_cost).sum();
+    let written_rows: u64 = parts.iter().map(|p| p.rows).sum();
+    if written_cost != tally.cost_loaded || written_rows != tally.rows_loaded {
+        for p in &parts {
+            let _ = std::fs::remove_file(&p.staged);
+        }
+        let _ = std::fs::remove_file(&quarantine_path);
+        return Err(Error::Rejected(format!(
+            "internal check failed: {written_rows} rows / BilledCost {} written, but {} rows / {} passed the checks; nothing published",
+            format_decimal(written_cost, ctx.pipeline.schema.decimal_scale),
+            tally.rows_loaded,
+            format_decimal(tally.cost_loaded, ctx.pipeline.schema.decimal_scale),
+        )));
+    }
+    if tally.rows_loaded == 0 {
+        let _ = std::fs::remove_file(&quarantine_path);
+        return Err(Error::Rejected(format!(
+            "no row of its {} could be loaded (every row held out; first: {}); an empty snapshot would wipe the month, so the lake keeps what it had",
+            tally.rows_read,
+            problems.first().map(String::as_str).unwrap_or("-")
+        )));
+    }
     Ok(Staged {
         parts,
-        quarantine: (rows_quarantined > 0).then_some((quarantine_path, rows_quarantined)),
+        quarantine: recorded.then_some((quarantine_path, tally.rows_held_out)),
+        tally,
         problems,
         notes,
         bytes_read: fetched.bytes,
@@ -716,6 +758,8 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
         rows_loaded: rows,
         rows_quarantined,
         billed_cost: billed_cost.clone(),
+        billed_cost_held_out: Some(format_decimal(staged.tally.cost_held_out, scale)),
+        rows_cost_unreadable: staged.tally.cost_unreadable_rows,
         loaded_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
         reset: false,
     });
@@ -723,6 +767,7 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
     drop(ledger);
     entry.rows_loaded = rows;
     entry.rows_quarantined = rows_quarantined;
+    entry.reconciliation = Some(Reconciliation::new(&staged.tally, total_cost, scale));
     entry.billed_cost = Some(billed_cost);
     entry.bytes_written = outputs.iter().map(|o| o.bytes).sum();
     entry.outputs = outputs.into_iter().map(|o| o.path).collect();
@@ -730,12 +775,15 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
     Ok(())
 }
 
-/// Rejected rows of one file, as CSV: source_key, line, column, value, reason.
+/// What the lake does not show as delivered, for one snapshot, as CSV: source_key, line,
+/// column, value, reason, row — `row` is `held out` (the row is not in the lake) or `loaded`
+/// (the row is, with this cell null because its text did not type or map).
 struct Quarantine {
     path: PathBuf,
     writer: Option<csv::Writer<std::fs::File>>,
-    rows: std::collections::BTreeSet<u64>,
-    sample: Vec<String>,
+    /// Examples for the report, rows held out first.
+    held_sample: Vec<String>,
+    nulled_sample: Vec<String>,
 }
 
 impl Quarantine {
@@ -743,8 +791,8 @@ impl Quarantine {
         Quarantine {
             path: path.to_path_buf(),
             writer: None,
-            rows: Default::default(),
-            sample: Vec::new(),
+            held_sample: Vec::new(),
+            nulled_sample: Vec::new(),
         }
     }
 
@@ -752,29 +800,40 @@ impl Quarantine {
         if problems.is_empty() {
             return Ok(());
         }
+        let io = |path: &Path, e: csv::Error| Error::io(path, std::io::Error::other(e));
         if self.writer.is_none() {
-            let mut w = csv::Writer::from_path(&self.path)
-                .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
-            w.write_record(["source_key", "line", "column", "value", "reason"])
-                .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
+            let mut w = csv::Writer::from_path(&self.path).map_err(|e| io(&self.path, e))?;
+            w.write_record(["source_key", "line", "column", "value", "reason", "row"])
+                .map_err(|e| io(&self.path, e))?;
             self.writer = Some(w);
         }
         let Some(w) = self.writer.as_mut() else {
             return Ok(());
         };
         for p in problems {
+            let row = if p.held_out { "held out" } else { "loaded" };
             w.write_record([
                 source_key,
                 &p.line.to_string(),
                 &p.column,
                 &p.value,
                 &p.reason,
+                row,
             ])
-            .map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
-            self.rows.insert(p.line);
-            if self.sample.len() < PROBLEMS_IN_REPORT {
-                self.sample.push(format!(
-                    "line {}, column {}: {} (value {:?})",
+            .map_err(|e| io(&self.path, e))?;
+            let sample = if p.held_out {
+                &mut self.held_sample
+            } else {
+                &mut self.nulled_sample
+            };
+            if sample.len() < PROBLEMS_IN_REPORT {
+                let what = if p.held_out {
+                    "held out"
+                } else {
+                    "loaded, cell null"
+                };
+                sample.push(format!(
+                    "{what}: line {}, column {}: {} (value {:?})",
                     p.line, p.column, p.reason, p.value
                 ));
             }
@@ -782,12 +841,16 @@ impl Quarantine {
         Ok(())
     }
 
-    /// Sample of problems and number of distinct rows quarantined.
-    fn finish(self) -> Result<(Vec<String>, u64)> {
+    /// Examples for the report, and whether anything was recorded.
+    fn finish(self) -> Result<(Vec<String>, bool)> {
+        let recorded = self.writer.is_some();
         if let Some(mut w) = self.writer {
             w.flush().map_err(|e| Error::io(&self.path, e))?;
         }
-        Ok((self.sample, self.rows.len() as u64))
+        let mut sample = self.held_sample;
+        sample.extend(self.nulled_sample);
+        sample.truncate(PROBLEMS_IN_REPORT);
+        Ok((sample, recorded))
     }
 }
 

@@ -1,24 +1,29 @@
-//! The checking step: decides, from the schema, whether a decoded file and its rows may enter
-//! the lake, and `billpipe validate`, which runs the same checks on files without loading them.
-//! Kept apart from decoding so the rule set (`rules`, data in `schemas/`) grows here without
-//! touching the parser.
+//! The checking step: decides, from the schema, which rows of a decoded file enter the lake and
+//! what is said about them, and `billpipe validate`, which runs the same checks on files without
+//! loading them. Kept apart from decoding so the rule set (`rules`, data in `schemas/`) grows
+//! here without touching the parser.
 //!
-//! It checks:
-//! - file level: every `mandatory` column of the schema is in the header (else the file is
-//!   rejected whole, with the missing names);
-//! - row level: the partition columns (billing period and account) are not null, since a row
-//!   without them has no partition to go to. Such rows are quarantined, never dropped;
-//! - header rules: a column that is neither FOCUS nor `x_` (`CustomColumn.Prefix`), a column of
-//!   another FOCUS version (`Column.OtherVersion`);
-//! - the decoder's text-format findings and the schema's conformance rules (`rules`), at the
-//!   severities of the profile: errors quarantine the row with the rule id (file-level rules
-//!   reject the file), warnings are counted per rule in the report.
+//! **Judging is not holding out.** The lake must equal the bill, so in `run` ([`CheckMode::Load`])
+//! a row leaves the lake only when it cannot be placed or counted:
+//! - its partition columns (billing period, account) are null or unreadable — no partition to
+//!   go to — or its BilledCost cannot be read (an empty BilledCost is a null amount, judged by
+//!   `NotNull.BilledCost`, not a reason to drop the row);
+//! - or the user opted in to gatekeeping: a rule or finding at severity `quarantine` (profiles,
+//!   `--quarantine-on error`); a file-level rule at `quarantine` rejects the file.
+//!
+//! Everything else — conformance rules at `error` or `warning`, text-format findings, a cell that
+//! does not type or map (loaded as null, recorded with line, column and raw text) — keeps the row
+//! and is counted per rule. `billpipe validate` ([`CheckMode::Judge`]) counts `error` and
+//! `quarantine` findings as errors and keeps judging to the end of the file.
+//!
+//! Every batch also feeds a [`RowTally`]: rows read, loaded and held out, and BilledCost loaded
+//! and held out, so a run can show that the file's total = the lake's + what was held out.
 //!
 //! Row checks run over whole Arrow arrays (null bitmaps and the `filter` kernel), not row by row.
 
 use std::collections::HashMap;
 
-use arrow_array::{Array, BooleanArray, Int64Array, RecordBatch};
+use arrow_array::{Array, BooleanArray, Decimal128Array, Int64Array, RecordBatch};
 use arrow_select::filter::filter_record_batch;
 
 use crate::decode::{Finding, FindingKind, Layout, RowProblem, SOURCE_LINE_COLUMN};
@@ -43,19 +48,68 @@ pub struct CheckContext {
     /// Every FOCUS column of any version billpipe knows, with the first version that has it
     /// (tells a column of another FOCUS version from a custom column without `x_`).
     pub column_versions: std::sync::Arc<HashMap<String, String>>,
-    /// A file-level rule at severity error rejects the file at once (`run`), or is counted and
-    /// the file read on to the end (`validate`, which reports every finding).
-    pub reject_on_file_error: bool,
+    pub mode: CheckMode,
+}
+
+/// What the checks are for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CheckMode {
+    /// `run`: rows go to the lake unless they cannot be placed or counted, or a finding is at
+    /// severity `quarantine`; a file-level rule at `quarantine` rejects the file at once.
+    Load,
+    /// `validate`: `error` and `quarantine` findings are errors; the file is read to the end
+    /// so one pass shows everything wrong with it.
+    #[default]
+    Judge,
+}
+
+/// The column whose amounts a run reconciles: a row whose BilledCost cannot be read cannot be
+/// counted, and a file without it cannot be loaded.
+pub const MONEY_COLUMN: &str = "BilledCost";
+
+/// Rows and BilledCost of one snapshot as they went through the checks: every row read is
+/// either loaded or held out, and every BilledCost that could be read is either in the lake
+/// or held out with its row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowTally {
+    pub rows_read: u64,
+    pub rows_loaded: u64,
+    pub rows_held_out: u64,
+    /// BilledCost of the loaded rows (at the schema's decimal scale).
+    pub cost_loaded: i128,
+    /// BilledCost of the held-out rows whose BilledCost could be read.
+    pub cost_held_out: i128,
+    /// Held-out rows whose BilledCost could not be read (unparsable, or a row whose fields
+    /// do not line up with the header).
+    pub cost_unreadable_rows: u64,
+}
+
+impl RowTally {
+    pub fn add(&mut self, other: &RowTally) {
+        self.rows_read += other.rows_read;
+        self.rows_loaded += other.rows_loaded;
+        self.rows_held_out += other.rows_held_out;
+        self.cost_loaded += other.cost_loaded;
+        self.cost_held_out += other.cost_held_out;
+        self.cost_unreadable_rows += other.cost_unreadable_rows;
+    }
+
+    /// BilledCost of every row whose BilledCost could be read.
+    pub fn cost_read(&self) -> i128 {
+        self.cost_loaded + self.cost_held_out
+    }
 }
 
 pub struct Validator {
-    /// (output column index, name) of columns a row must have a value in.
+    /// (output column index, name) of columns a row must have a value in (its partition).
     required: Vec<(usize, String)>,
+    /// Output index of BilledCost, when the file has it.
+    money: Option<usize>,
     line_column: usize,
     rules: Vec<CompiledRule>,
     profile: Profile,
     state: FileState,
-    reject_on_file_error: bool,
+    mode: CheckMode,
     /// The first file-level error seen in validate mode (its count is in the rule stats).
     pub first_file_error: Option<String>,
 }
@@ -76,12 +130,12 @@ impl Validator {
         let mut file_rule = |id: &str, message: String, example: String| -> Result<()> {
             match profile.severity_of(id, Severity::Error) {
                 Severity::Off => {}
-                Severity::Error if ctx.reject_on_file_error => {
+                Severity::Quarantine if ctx.mode == CheckMode::Load => {
                     return Err(Error::Rejected(format!("line 1: [{id}] {message}")))
                 }
                 severity => {
                     rules::tally(&mut notes.rules, id, severity, &message, 1, [example]);
-                    if severity == Severity::Error && first_file_error.is_none() {
+                    if severity.is_error() && first_file_error.is_none() {
                         first_file_error = Some(format!("line 1: [{id}] {message}"));
                     }
                 }
@@ -157,58 +211,65 @@ impl Validator {
             })?;
             req.push((idx, name.to_string()));
         }
+        let money = present(layout, MONEY_COLUMN);
+        if ctx.mode == CheckMode::Load && money.is_none() {
+            return Err(Error::Rejected(format!(
+                "line 1: header lacks {MONEY_COLUMN}; without it no row can be counted"
+            )));
+        }
         let line_column = layout
             .index_of(SOURCE_LINE_COLUMN)
             .ok_or_else(|| Error::Rejected("layout has no line column".into()))?;
         Ok((
             Validator {
+                money,
                 required: req,
                 line_column,
                 rules: rules::compile(schema, layout, profile, &ctx.file),
                 profile: profile.clone(),
                 state: FileState::default(),
-                reject_on_file_error: ctx.reject_on_file_error,
+                mode: ctx.mode,
                 first_file_error,
             },
             notes,
         ))
     }
 
-    /// Splits a batch into rows that pass and problems for those that do not.
+    /// Judges a batch: returns the rows for the lake; adds what it holds out (and, in `run`,
+    /// the cells it loaded as null) to `problems`, rule findings to `counts`, and the batch's
+    /// rows and BilledCost to `tally`. `problems` may already hold rows the decoder set aside
+    /// (fields not lined up with the header): they are counted as held out, BilledCost unread.
     pub fn check(
         &mut self,
         batch: RecordBatch,
         findings: &[Finding],
         problems: &mut Vec<RowProblem>,
         counts: &mut RuleCounts,
+        tally: &mut RowTally,
     ) -> Result<RecordBatch> {
-        let mut keep: Option<Vec<bool>> = None;
+        let set_aside: std::collections::BTreeSet<u64> = problems
+            .iter()
+            .filter(|p| p.held_out)
+            .map(|p| p.line)
+            .collect();
+        tally.rows_read += set_aside.len() as u64 + batch.num_rows() as u64;
+        tally.rows_held_out += set_aside.len() as u64;
+        tally.cost_unreadable_rows += set_aside.len() as u64;
+        let load = self.mode == CheckMode::Load;
+        let schema_ref = batch.schema();
+        let mut hold: Option<Vec<bool>> = None;
+        let mut cost_unreadable: Vec<usize> = Vec::new();
         let lines = batch
             .column(self.line_column)
             .as_any()
             .downcast_ref::<Int64Array>()
             .cloned();
         let line_of = |row: usize| lines.as_ref().map(|l| l.value(row) as u64).unwrap_or(0);
-        for (idx, name) in &self.required {
-            let col = batch.column(*idx);
-            if col.null_count() == 0 {
-                continue;
-            }
-            let keep = keep.get_or_insert_with(|| vec![true; batch.num_rows()]);
-            for (row, k) in keep.iter_mut().enumerate() {
-                if col.is_null(row) {
-                    if *k {
-                        problems.push(RowProblem {
-                            line: line_of(row),
-                            column: name.clone(),
-                            value: String::new(),
-                            reason: format!("{name} is null; the row has no partition to go to"),
-                        });
-                    }
-                    *k = false;
-                }
-            }
-        }
+        // Cells that do not type are null by now: the findings come first, so a partition
+        // column that failed to parse is reported as unreadable, not again as null.
+        let placement_column = |column: usize| {
+            Some(column) == self.money || self.required.iter().any(|(i, _)| *i == column)
+        };
         // Placeholders can be in every row: the rule's id, severity and message are worked out
         // once per (rule, column), not once per finding.
         let mut judged: HashMap<(FindingKind, usize), (String, Severity, String)> = HashMap::new();
@@ -217,32 +278,110 @@ impl Validator {
                 let schema = batch.schema();
                 let column = schema.field(f.column).name();
                 let id = f.kind.rule_id(column);
-                let severity = self.profile.severity_of(&id, Severity::Error);
+                let mut severity = self.profile.severity_of(&id, Severity::Error);
+                // A cell loaded as null is never silent, whatever the profile says.
+                if matches!(f.kind, FindingKind::Type | FindingKind::Mapping)
+                    && severity == Severity::Off
+                {
+                    severity = Severity::Warning;
+                }
                 (id, severity, f.kind.message(column))
             });
             if *severity == Severity::Off {
                 continue;
             }
+            let column = batch.schema().field(f.column).name().clone();
+            let example = || match f.detail.is_empty() {
+                true => format!("line {}: {:?}", f.line, f.value),
+                false => format!("line {}: {:?} ({})", f.line, f.value, f.detail),
+            };
             rules::tally(
                 counts,
                 id,
                 *severity,
                 message,
                 1,
-                std::iter::once_with(|| format!("line {}: {:?}", f.line, f.value)),
+                std::iter::once_with(example),
             );
-            if *severity == Severity::Error {
-                keep.get_or_insert_with(|| vec![true; batch.num_rows()])[f.row] = false;
+            let cell_lost = matches!(f.kind, FindingKind::Type | FindingKind::Mapping);
+            let reason = match f.detail.is_empty() {
+                true => format!("[{id}] {message}"),
+                false => format!("[{id}] {message}: {}", f.detail),
+            };
+            let hold_it = match self.mode {
+                CheckMode::Load => {
+                    (cell_lost && placement_column(f.column)) || *severity == Severity::Quarantine
+                }
+                CheckMode::Judge => severity.is_error(),
+            };
+            if load && cell_lost && Some(f.column) == self.money {
+                cost_unreadable.push(f.row);
+            }
+            if hold_it {
+                hold.get_or_insert_with(|| vec![false; batch.num_rows()])[f.row] = true;
+            }
+            if hold_it || cell_lost {
                 problems.push(RowProblem {
                     line: f.line,
-                    column: batch.schema().field(f.column).name().clone(),
+                    column,
                     value: f.value.clone(),
-                    reason: format!("[{id}] {message}"),
+                    reason: match (load && hold_it && placement_column(f.column), hold_it) {
+                        (true, _) => {
+                            format!("{reason}; the row cannot be placed or counted without it")
+                        }
+                        (false, false) => format!("{reason}; loaded as null"),
+                        (false, true) => reason,
+                    },
+                    held_out: hold_it,
                 });
             }
         }
-        for v in rules::evaluate(&self.rules, &batch, lines.as_ref(), &mut self.state) {
+        for (idx, name) in &self.required {
+            let col = batch.column(*idx);
+            if col.null_count() == 0 {
+                continue;
+            }
+            let hold = hold.get_or_insert_with(|| vec![false; batch.num_rows()]);
+            for (row, h) in hold.iter_mut().enumerate() {
+                if col.is_null(row) {
+                    if !*h {
+                        problems.push(RowProblem {
+                            line: line_of(row),
+                            column: name.clone(),
+                            value: String::new(),
+                            reason: format!("{name} is null; the row has no partition to go to"),
+                            held_out: true,
+                        });
+                    }
+                    *h = true;
+                }
+            }
+        }
+        // A cell that did not type or map is null now; a rule about that very cell would only
+        // repeat the finding (NotNull.BilledCost after Type.BilledCost), so it is not reported.
+        let failed: std::collections::HashSet<(usize, &str)> = findings
+            .iter()
+            .filter(|f| matches!(f.kind, FindingKind::Type | FindingKind::Mapping))
+            .map(|f| (f.row, schema_ref.field(f.column).name().as_str()))
+            .collect();
+        for mut v in rules::evaluate(&self.rules, &batch, lines.as_ref(), &mut self.state) {
             let rule = &self.rules[v.rule];
+            if !failed.is_empty() {
+                let keep: Vec<bool> = v
+                    .rows
+                    .iter()
+                    .map(|&r| !failed.contains(&(r, rule.column.as_str())))
+                    .collect();
+                let mut k = keep.iter();
+                v.rows.retain(|_| *k.next().unwrap_or(&true));
+                if let Some(values) = v.values.as_mut() {
+                    let mut k = keep.iter();
+                    values.retain(|_| *k.next().unwrap_or(&true));
+                }
+                if v.rows.is_empty() {
+                    continue;
+                }
+            }
             let value_of = |k: usize, row: usize| match &v.values {
                 Some(values) => values[k].clone(),
                 None => rules::cell_text(&batch, &rule.column, row),
@@ -259,7 +398,11 @@ impl Validator {
                     .enumerate()
                     .map(|(k, &row)| format!("line {}: {:?}", line_of(row), value_of(k, row))),
             );
-            if rule.severity != Severity::Error {
+            let hold_it = match self.mode {
+                CheckMode::Load => rule.severity == Severity::Quarantine,
+                CheckMode::Judge => rule.severity.is_error(),
+            };
+            if !hold_it {
                 continue;
             }
             if rule.level == Level::File {
@@ -267,28 +410,64 @@ impl Validator {
                     "line {}, column {}: [{}] {}: {}",
                     first.0, rule.column, rule.id, rule.message, first.1
                 );
-                if self.reject_on_file_error {
+                if load {
                     return Err(Error::Rejected(message));
                 }
                 self.first_file_error.get_or_insert(message);
                 continue;
             }
-            let keep = keep.get_or_insert_with(|| vec![true; batch.num_rows()]);
+            let hold = hold.get_or_insert_with(|| vec![false; batch.num_rows()]);
             for (k, &row) in v.rows.iter().enumerate() {
-                keep[row] = false;
+                hold[row] = true;
                 problems.push(RowProblem {
                     line: line_of(row),
                     column: rule.column.clone(),
                     value: value_of(k, row),
                     reason: format!("[{}] {}", rule.id, rule.message),
+                    held_out: true,
                 });
             }
         }
-        match keep {
-            None => Ok(batch),
-            Some(keep) => Ok(filter_record_batch(&batch, &BooleanArray::from(keep))?),
+        let money = self
+            .money
+            .and_then(|i| batch.column(i).as_any().downcast_ref::<Decimal128Array>());
+        let sum = |keep: &dyn Fn(usize) -> bool| -> i128 {
+            money.map_or(0, |m| {
+                (0..m.len())
+                    .filter(|&r| keep(r) && m.is_valid(r))
+                    .map(|r| m.value(r))
+                    .sum()
+            })
+        };
+        match hold {
+            None => {
+                tally.rows_loaded += batch.num_rows() as u64;
+                tally.cost_loaded += sum(&|_| true);
+                Ok(batch)
+            }
+            Some(hold) => {
+                let held = hold.iter().filter(|h| **h).count() as u64;
+                cost_unreadable.sort_unstable();
+                cost_unreadable.dedup();
+                tally.rows_held_out += held;
+                tally.rows_loaded += batch.num_rows() as u64 - held;
+                tally.cost_unreadable_rows +=
+                    cost_unreadable.iter().filter(|&&r| hold[r]).count() as u64;
+                tally.cost_loaded += sum(&|r| !hold[r]);
+                tally.cost_held_out += sum(&|r| hold[r]);
+                let keep: BooleanArray = hold.iter().map(|h| Some(!h)).collect();
+                Ok(filter_record_batch(&batch, &keep)?)
+            }
         }
     }
+}
+
+/// Output index of a schema column the file has (or a mapping declares unavailable).
+fn present(layout: &Layout, name: &str) -> Option<usize> {
+    if layout.absent.iter().any(|a| a == name) && !layout.unavailable.iter().any(|u| u == name) {
+        return None;
+    }
+    layout.index_of(name)
 }
 
 /// The verdict on one file checked by `billpipe validate`.
@@ -374,7 +553,7 @@ pub fn validate_file(
     let versions = crate::schema::focus_versions(schema_dir)?;
     let mut check = CheckContext {
         column_versions: Arc::new(crate::schema::column_versions(&versions)),
-        reject_on_file_error: false,
+        mode: CheckMode::Judge,
         ..CheckContext::default()
     };
     let mut name_month = None;
@@ -515,8 +694,8 @@ fn check_rows<R: std::io::Read>(
     verdict.rules.extend(header.rules);
     for item in decoder {
         let decoded = item?;
-        verdict.rows += decoded.batch.num_rows() as u64;
         let mut problems = decoded.problems;
+        // Rows whose fields do not line up with the header never reach the rules.
         for p in &problems {
             rules::tally(
                 &mut verdict.rules,
@@ -527,19 +706,22 @@ fn check_rows<R: std::io::Read>(
                 std::iter::once_with(|| format!("line {}: {:?} ({})", p.line, p.value, p.reason)),
             );
         }
-        let typed_errors: std::collections::BTreeSet<u64> =
-            problems.iter().map(|p| p.line).collect();
-        verdict.rows += typed_errors.len() as u64;
-        problems.clear();
+        let mut tally = RowTally::default();
         validator.check(
             decoded.batch,
             &decoded.findings,
             &mut problems,
             &mut verdict.rules,
+            &mut tally,
         )?;
-        let rule_errors: std::collections::BTreeSet<u64> =
-            problems.iter().map(|p| p.line).collect();
-        verdict.rows_with_errors += typed_errors.len() as u64 + rule_errors.len() as u64;
+        verdict.rows += tally.rows_read;
+        // In judge mode a row "held out" is a row with an error.
+        let rows_with_errors: std::collections::BTreeSet<u64> = problems
+            .iter()
+            .filter(|p| p.held_out)
+            .map(|p| p.line)
+            .collect();
+        verdict.rows_with_errors += rows_with_errors.len() as u64;
     }
     if let Some(e) = validator.first_file_error.take() {
         verdict.file_error = Some(e);

@@ -20,6 +20,7 @@ fn csv(account: &str, through: Option<u32>, rows_per_day: u64, seed: u64) -> Vec
         seed,
         bad_rows: vec![],
         restated: false,
+        gaps: false,
     };
     let mut out = Vec::new();
     write_focus_csv(&opts, &mut out).unwrap();

@@ -29,6 +29,7 @@ fn deliver(src: &Path, through: Option<u32>, with_b: bool, rows_per_day: u64) ->
             seed: 99,
             bad_rows: vec![],
             restated: false,
+            gaps: false,
         };
         write_focus_csv(&opts, &mut out).unwrap();
         out

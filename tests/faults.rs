@@ -128,6 +128,7 @@ fn runs_through_a_flaky_proxy_end_exact_or_fail_clearly() {
             seed: 17,
             bad_rows: vec![],
             restated: false,
+            gaps: false,
         };
         write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
         let t = csv_totals(&path);

@@ -29,6 +29,7 @@ fn gen(
         seed: 42,
         bad_rows: vec![],
         restated,
+        gaps: false,
     };
     write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
     path
@@ -83,12 +84,15 @@ fn example_bucket_loads_with_exact_totals() {
     )
     .unwrap();
     let mut lines = q.lines();
-    assert_eq!(lines.next().unwrap(), "source_key,line,column,value,reason");
+    assert_eq!(
+        lines.next().unwrap(),
+        "source_key,line,column,value,reason,row"
+    );
     let row = lines.next().unwrap();
     assert!(
         row.starts_with(
             "billing/focus/FOCUS-bill_details-200020002002-20251206.CSV,9,BilledCost,12.34.56,"
-        ),
+        ) && row.ends_with(",held out"),
         "{row}"
     );
     assert_eq!(report["totals"]["rows_quarantined"], 1);
@@ -97,8 +101,13 @@ fn example_bucket_loads_with_exact_totals() {
     // Dailies superseded by a newer file in the bucket, plus the README, are skipped.
     assert_eq!(report["totals"]["skipped"], 9);
     assert!(
+        out.stdout.contains("held out: line 9, column BilledCost"),
+        "{}",
         out.stdout
-            .contains("quarantined: line 9, column BilledCost"),
+    );
+    assert!(
+        out.stdout
+            .contains("THE LAKE IS SHORT OF THIS FILE by 1 row(s)"),
         "{}",
         out.stdout
     );
@@ -112,7 +121,15 @@ fn second_run_with_nothing_new_touches_nothing() {
     let before = snapshot_of_files(lake.path());
     std::thread::sleep(std::time::Duration::from_millis(20));
     let (out, report) = run_job("testdata/bucket", dest, &[]);
-    assert_eq!(out.code, 0, "{}", out.stdout);
+    // The row held out on the first run is still missing from the lake: exit 3 until a
+    // corrected file replaces it, and the summary says which unit is short.
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("LAKE SHORT: tencent/200020002002/2025-12 (from billing/focus/FOCUS-bill_details-200020002002-20251206.CSV) lacks 1 held-out row(s)"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(report["totals"]["ingested"], 0);
     assert_eq!(report["totals"]["replaced"], 0);
     assert_eq!(
@@ -257,7 +274,7 @@ fn decodes_real_world_csv_shapes() {
         problems[0]
             .as_str()
             .unwrap()
-            .starts_with("line 5, column BilledCost"),
+            .starts_with("held out: line 5, column BilledCost"),
         "{problems:?}"
     );
 
@@ -320,7 +337,7 @@ fn decodes_real_world_csv_shapes() {
 }
 
 #[test]
-fn a_file_missing_a_mandatory_column_is_rejected_and_the_rest_loads() {
+fn a_file_without_billed_cost_is_rejected_and_the_rest_loads() {
     let src = tempfile::tempdir().unwrap();
     let lake = tempfile::tempdir().unwrap();
     let good = gen(src.path(), A, "2025-12", Some(3), false);
@@ -347,9 +364,7 @@ fn a_file_missing_a_mandatory_column_is_rejected_and_the_rest_loads() {
         .unwrap();
     let reason = rejected["reason"].as_str().unwrap();
     assert!(
-        reason.contains(
-            "line 1: [Column.Mandatory] header lacks mandatory FOCUS 1.1 column(s): BilledCost"
-        ),
+        reason.contains("line 1: header lacks BilledCost; without it no row can be counted"),
         "{reason}"
     );
     assert!(
@@ -360,6 +375,34 @@ fn a_file_missing_a_mandatory_column_is_rejected_and_the_rest_loads() {
     );
     let sums = local_lake_sums(lake.path());
     assert_eq!(sums.len(), 1);
+    expect_partition(&sums, "2025-12", A, &good);
+}
+
+/// A mandatory column the rows can be placed and counted without is judged, not a reason to
+/// drop the file's money: the file loads and `Column.Mandatory` is counted.
+#[test]
+fn a_file_missing_another_mandatory_column_loads_and_is_judged() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let good = gen(src.path(), A, "2025-12", Some(3), false);
+    let text =
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replacen("ChargeCategory", "ChargeKategory", 1);
+    std::fs::write(&good, text).unwrap();
+    let (out, report) = run_job(
+        src.path().to_str().unwrap(),
+        lake.path().to_str().unwrap(),
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let rules = &report["objects"][0]["rules"];
+    assert_eq!(rules["Column.Mandatory"]["count"], 1, "{rules:#}");
+    assert!(rules["Column.Mandatory"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("ChargeCategory"));
+    let sums = local_lake_sums(lake.path());
     expect_partition(&sums, "2025-12", A, &good);
 }
 

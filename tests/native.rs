@@ -19,6 +19,7 @@ fn detail(account: &str, through: Option<u32>, seed: u64, zh: bool) -> (Vec<u8>,
         seed,
         bad_rows: vec![],
         restated: false,
+        gaps: false,
     };
     let mut out = Vec::new();
     let stats = write_detail_csv(&opts, zh, &mut out).unwrap();

@@ -93,11 +93,27 @@ fn each_rule_family_reports_its_id_and_line() {
     ];
     let mut rows = vec![row(&[])];
     rows.extend(cases.iter().map(|(change, _)| row(change)));
+    // Judging is not holding out: every row is loaded, every breach counted with its line.
     let (out, report) = load(&rows, "strict");
-    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let o = &report["objects"][0];
-    assert_eq!(o["rows_loaded"], 1, "{}", out.stdout);
-    assert_eq!(o["rows_quarantined"], cases.len());
+    assert_eq!(o["rows_loaded"], cases.len() + 1, "{}", out.stdout);
+    assert_eq!(o["rows_quarantined"], 0);
+    // Gatekeeping, opted in to: the same breaches hold their rows out, one line each.
+    let (gated_out, gated) = load(&rows, "strict-gate");
+    assert_eq!(gated_out.code, 3, "{}", gated_out.stdout);
+    assert_eq!(
+        gated["objects"][0]["rows_loaded"], 1,
+        "{}",
+        gated_out.stdout
+    );
+    assert_eq!(gated["objects"][0]["rows_quarantined"], cases.len());
+    for (_, id) in cases.iter() {
+        assert_eq!(
+            gated["objects"][0]["rules"][id]["severity"], "quarantine",
+            "{id}"
+        );
+    }
     for (i, (_, id)) in cases.iter().enumerate() {
         let line = i + 3;
         let rule = &o["rules"][id];
@@ -129,9 +145,9 @@ fn tencent_profile_keeps_documented_gaps_as_warnings() {
     ];
     let rows = vec![row(gaps), row(gaps), row(&[("ChargeCategory", "usage")])];
     let (out, report) = load(&rows, "tencent");
-    assert_eq!(out.code, 3);
+    assert_eq!(out.code, 0, "{}", out.stdout);
     let o = &report["objects"][0];
-    assert_eq!(o["rows_loaded"], 2);
+    assert_eq!(o["rows_loaded"], 3);
     for id in [
         "NotNull.EffectiveCost",
         "NotNull.ServiceCategory",
@@ -146,8 +162,8 @@ fn tencent_profile_keeps_documented_gaps_as_warnings() {
 
     let (_, strict) = load(&rows, "strict");
     assert_eq!(
-        strict["objects"][0]["rows_loaded"], 0,
-        "strict quarantines the gaps"
+        strict["objects"][0]["rows_loaded"], 3,
+        "strict judges the gaps as errors and still loads them"
     );
     assert_eq!(
         strict["objects"][0]["rules"]["NotNull.EffectiveCost"]["severity"],
@@ -177,7 +193,8 @@ fn profiles_change_verdicts_not_the_tencent_totals() {
                 .unwrap_or(0)
         })
         .sum();
-    assert_eq!(warned, 279);
+    // The held-out row (its BilledCost does not parse) is judged on its other columns too.
+    assert_eq!(warned, 280);
     // Each documented gap is counted, as a warning, on every row that shows it.
     let total = |id: &str| -> (u64, Vec<String>) {
         let objects = report["objects"].as_array().unwrap();
@@ -198,7 +215,7 @@ fn profiles_change_verdicts_not_the_tencent_totals() {
         "BillingPeriod.ExclusiveEnd",
         "Pair.ResourceType.ResourceId",
     ] {
-        assert_eq!(total(id), (279, vec!["warning".to_string()]), "{id}");
+        assert_eq!(total(id), (280, vec!["warning".to_string()]), "{id}");
     }
     let (variants, _) = total("Variant.ChargeFrequency");
     assert!(variants > 250, "{variants}");
@@ -219,8 +236,20 @@ fn profiles_change_verdicts_not_the_tencent_totals() {
         strict_lake.path().to_str().unwrap(),
         &["--profile", "strict"],
     );
-    assert_eq!(strict["totals"]["rows_loaded"], 0);
-    assert_eq!(strict["totals"]["rows_quarantined"], 280);
+    // strict judges more and loads the same; strict-gate holds every row out, which leaves no
+    // snapshot to load: every object is rejected and the lake stays empty.
+    assert_eq!(strict["totals"]["rows_loaded"], 279);
+    assert_eq!(strict["totals"]["rows_quarantined"], 1);
+    assert_eq!(local_lake_sums(strict_lake.path()), sums);
+    let gate_lake = tempfile::tempdir().unwrap();
+    let (_, gate) = run_job(
+        "testdata/bucket",
+        gate_lake.path().to_str().unwrap(),
+        &["--profile", "strict-gate"],
+    );
+    assert_eq!(gate["totals"]["rows_loaded"], 0);
+    assert_eq!(gate["totals"]["rejected"], 4);
+    assert!(local_lake_sums(gate_lake.path()).is_empty());
 }
 
 #[test]

@@ -34,6 +34,7 @@ fn deliver(
         seed: 7,
         bad_rows: vec![],
         restated,
+        gaps: false,
     };
     write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
     s3_put(
@@ -164,6 +165,7 @@ fn listings_longer_than_one_page_find_every_bill_file() {
             seed: 3,
             bad_rows: vec![],
             restated: false,
+            gaps: false,
         };
         let path = work.path().join(&name);
         write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
@@ -231,6 +233,7 @@ fn large_lake_files_go_up_as_multipart_uploads() {
         seed: 5,
         bad_rows: vec![],
         restated: false,
+        gaps: false,
     };
     write_focus_csv(&opts, std::fs::File::create(&path).unwrap()).unwrap();
     s3_put(&ctx, &src, &name, std::fs::read(&path).unwrap());
