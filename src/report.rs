@@ -93,34 +93,37 @@ impl Reconciliation {
 
     /// The one-line account for the human summary, in words.
     pub fn human(&self) -> String {
-        let mut s = format!(
-            "{} rows read: {} loaded, {} held out; BilledCost file {} ",
-            self.rows_read, self.rows_loaded, self.rows_held_out, self.billed_cost_file
-        );
         if self.complete() {
-            s.push_str(&format!("= lake {}", self.billed_cost_lake));
-        } else {
-            s.push_str(&format!(
-                "= lake {} + held out {}; THE LAKE IS SHORT OF THIS FILE by {} row(s)",
-                self.billed_cost_lake, self.billed_cost_held_out, self.rows_held_out
-            ));
-            if self
-                .billed_cost_held_out
-                .trim_start_matches(['-', '0', '.'])
-                .is_empty()
-            {
-                s.push_str(" (BilledCost 0 among those that could be read)");
-            } else {
-                s.push_str(&format!(" and BilledCost {}", self.billed_cost_held_out));
-            }
-            if self.rows_billed_cost_unreadable > 0 {
-                s.push_str(&format!(
-                    ", plus {} row(s) whose BilledCost could not be read",
-                    self.rows_billed_cost_unreadable
-                ));
-            }
+            return format!(
+                "{} rows read, all loaded; BilledCost file {} = lake {}",
+                self.rows_read, self.billed_cost_file, self.billed_cost_lake
+            );
         }
-        s
+        let readable = self.rows_held_out - self.rows_billed_cost_unreadable;
+        let mut parts = Vec::new();
+        if readable > 0 {
+            parts.push(format!(
+                "{readable} with BilledCost {}",
+                self.billed_cost_held_out
+            ));
+        }
+        if self.rows_billed_cost_unreadable > 0 {
+            parts.push(format!(
+                "{} whose BilledCost cannot be read",
+                self.rows_billed_cost_unreadable
+            ));
+        }
+        format!(
+            "{} rows read: {} loaded, {} held out; BilledCost file {} = lake {} + held out {}; THE LAKE LACKS {} ROW(S) OF THIS FILE ({})",
+            self.rows_read,
+            self.rows_loaded,
+            self.rows_held_out,
+            self.billed_cost_file,
+            self.billed_cost_lake,
+            self.billed_cost_held_out,
+            self.rows_held_out,
+            parts.join(", ")
+        )
     }
 }
 

@@ -107,7 +107,7 @@ fn example_bucket_loads_with_exact_totals() {
     );
     assert!(
         out.stdout
-            .contains("THE LAKE IS SHORT OF THIS FILE by 1 row(s)"),
+            .contains("THE LAKE LACKS 1 ROW(S) OF THIS FILE (1 whose BilledCost cannot be read)"),
         "{}",
         out.stdout
     );
