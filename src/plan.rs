@@ -5,10 +5,14 @@
 //! - among the bill files listed for a unit, only the most complete one is a candidate: the
 //!   final (monthly) file beats every cumulative (daily) one, a later daily beats an earlier
 //!   one; the others are skipped as superseded;
+//! - among snapshots of the same rank (two finals: a detail monthly and a bill pack, or the same
+//!   file under two prefixes), the newest delivery wins: LastModified, then the key as a
+//!   tie-break ([`Delivery`]);
 //! - the candidate is ingested if the ledger knows nothing of the unit, replaces the loaded
-//!   snapshot if it ranks higher, or if it is the loaded object re-delivered (same key, other
-//!   ETag or size); it is skipped if it is the loaded object unchanged, or if the loaded
-//!   snapshot ranks higher (a late, older daily never rolls a month back).
+//!   snapshot if it ranks higher or is a newer delivery of the same rank, or if it is the loaded
+//!   object re-delivered (same key, other ETag or size); it is skipped if it is the loaded object
+//!   unchanged, or if the loaded snapshot ranks higher (a late, older daily never rolls a month
+//!   back) or is the newer delivery.
 //!
 //! Operators can widen or narrow this: `--from`/`--to` restrict a run to billing months (the
 //! rest is skipped as out of range), `--force` reloads the best snapshot of every unit in range
@@ -41,6 +45,10 @@ pub struct PlannedObject {
     pub reason: String,
     /// Not recognised, but named like a bill (see `Classification::NearMiss`).
     pub near_miss: bool,
+    /// For an object to load: the unit's next-best objects (keys, best first) that would still
+    /// improve on what the lake holds. If this one is rejected, the run loads the first of them
+    /// that is not, so a bad newest file leaves the lake as a fresh load of the bucket would.
+    pub fallbacks: Vec<String>,
 }
 
 /// Operator choices that change the plan.
@@ -81,6 +89,7 @@ pub fn plan(
                     bill: Some(bill),
                     action: Action::Skip,
                     near_miss: false,
+                    fallbacks: Vec::new(),
                 })
             }
             Classification::Bill(bill) => by_unit.entry(bill.unit.clone()).or_default().push(bill),
@@ -90,6 +99,7 @@ pub fn plan(
                 action: Action::Skip,
                 reason: format!("not a bill file: {reason}"),
                 near_miss: false,
+                fallbacks: Vec::new(),
             }),
             Classification::NearMiss(reason) => out.push(PlannedObject {
                 object: obj.clone(),
@@ -97,17 +107,13 @@ pub fn plan(
                 action: Action::Skip,
                 reason: format!("not loaded: {reason}"),
                 near_miss: true,
+                fallbacks: Vec::new(),
             }),
         }
     }
     for (unit, mut bills) in by_unit {
-        // Most complete first; ties (same rank under two prefixes) by newest modification.
-        bills.sort_by(|a, b| {
-            b.rank
-                .cmp(&a.rank)
-                .then_with(|| b.object.last_modified.cmp(&a.object.last_modified))
-                .then_with(|| a.object.key.cmp(&b.object.key))
-        });
+        // Best first: highest rank, then newest delivery, then key (see `Delivery`).
+        bills.sort_by(|a, b| Delivery::of(b).cmp(&Delivery::of(a)));
         let loaded = ledger.get(&unit);
         let best = &bills[0];
         let (action, reason) = match loaded {
@@ -144,20 +150,41 @@ pub fn plan(
                     best.rank, l.rank, l.source.key
                 ),
             ),
-            Some(l) if best.rank < l.rank => (
+            Some(l) if Delivery::of(best) > Delivery::loaded(l) => (
+                Action::Replace,
+                format!(
+                    "a newer delivery of the {} (modified {}) replaces the one loaded from {} (modified {})",
+                    best.rank,
+                    best.object.last_modified.as_deref().unwrap_or("?"),
+                    l.source.key,
+                    l.source.last_modified.as_deref().unwrap_or("?"),
+                ),
+            ),
+            Some(l) => (
                 Action::Skip,
                 format!(
                     "superseded: the lake holds the newer {} ({})",
                     l.rank, l.source.key
                 ),
             ),
-            Some(l) => (
-                Action::Skip,
-                format!(
-                    "same snapshot ({}) already loaded from {}",
-                    l.rank, l.source.key
-                ),
-            ),
+        };
+        let fallbacks: Vec<String> = if action == Action::Skip {
+            Vec::new()
+        } else {
+            bills[1..]
+                .iter()
+                .take_while(|b| match loaded {
+                    None => true,
+                    Some(l) if l.reset || options.force => true,
+                    Some(l) => {
+                        let unchanged = l.source.key == b.object.key
+                            && l.source.etag == b.object.etag
+                            && l.source.size == b.object.size;
+                        !unchanged && Delivery::of(b) > Delivery::loaded(l)
+                    }
+                })
+                .map(|b| b.object.key.clone())
+                .collect()
         };
         for (i, bill) in bills.iter().enumerate() {
             if i == 0 {
@@ -167,6 +194,7 @@ pub fn plan(
                     action,
                     reason: reason.clone(),
                     near_miss: false,
+                    fallbacks: fallbacks.clone(),
                 });
                 continue;
             }
@@ -188,11 +216,48 @@ pub fn plan(
                 action: Action::Skip,
                 reason,
                 near_miss: false,
+                fallbacks: Vec::new(),
             });
         }
     }
     out.sort_by(|a, b| a.object.key.cmp(&b.object.key));
     out
+}
+
+/// Which of two snapshots of one unit the lake should hold: the higher rank (final over
+/// month-to-date, a later day over an earlier one); among equal ranks — two finals, such as a
+/// detail monthly and a bill pack, or the same file under two prefixes — the newest delivery
+/// (LastModified, compared as instants), then the smaller key, so that every run, incremental
+/// or fresh, picks the same one.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Delivery<'a> {
+    rank: &'a crate::classify::SnapshotRank,
+    modified: Option<i64>,
+    key: std::cmp::Reverse<&'a str>,
+}
+
+impl<'a> Delivery<'a> {
+    fn of(bill: &'a BillFile) -> Delivery<'a> {
+        Delivery::new(&bill.rank, &bill.object)
+    }
+
+    fn loaded(entry: &'a crate::ledger::LedgerEntry) -> Delivery<'a> {
+        Delivery::new(&entry.rank, &entry.source)
+    }
+
+    fn new(rank: &'a crate::classify::SnapshotRank, object: &'a ObjectInfo) -> Delivery<'a> {
+        // RFC 3339 text does not sort as time ("…56.5Z" < "…56Z"): compare instants.
+        let modified = object
+            .last_modified
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros());
+        Delivery {
+            rank,
+            modified,
+            key: std::cmp::Reverse(object.key.as_str()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,5 +365,61 @@ mod tests {
         assert_eq!(a, Action::Skip);
         assert!(why.starts_with("out of range"), "{why}");
         let _ = SnapshotRank::Final;
+    }
+
+    #[test]
+    fn among_finals_the_newest_delivery_wins() {
+        let p = Pipeline::load(None).unwrap();
+        let at = |key: &str, etag: &str, t: &str| ObjectInfo {
+            last_modified: Some(t.into()),
+            ..obj(key, etag)
+        };
+        let monthly = at(
+            "1-202511-by_used_time-bill_details.zip",
+            "m",
+            "2025-12-02T01:00:00Z",
+        );
+        let pack = at(
+            "1-202511-by_used_time-bill_pack.zip",
+            "p",
+            "2025-12-20T01:00:00.5Z",
+        );
+        let mut ledger = Ledger::default();
+        loaded(&mut ledger, &p, &monthly);
+        let none = PlanOptions::default();
+        // The pack arrives later: it replaces the monthly.
+        let listing = vec![monthly.clone(), pack.clone()];
+        let (a, why) = action_of(&plan(&p, &listing, &ledger, &none), &pack.key);
+        assert_eq!(a, Action::Replace, "{why}");
+        loaded(&mut ledger, &p, &pack);
+        assert_eq!(
+            action_of(&plan(&p, &listing, &ledger, &none), &pack.key).0,
+            Action::Skip
+        );
+        // Re-pushed under the same key with other rows: replaces its own load.
+        let repushed = at(&pack.key, "p2", "2025-12-28T01:00:00Z");
+        let listing = vec![monthly.clone(), repushed.clone()];
+        assert_eq!(
+            action_of(&plan(&p, &listing, &ledger, &none), &pack.key).0,
+            Action::Replace
+        );
+        // An older final under another prefix is not a reason to roll back.
+        let old = at(
+            "old/1-202511-by_used_time-bill_details.zip",
+            "o",
+            "2025-12-20T01:00:00Z",
+        );
+        let listing = vec![monthly, pack.clone(), old.clone()];
+        assert_eq!(
+            action_of(&plan(&p, &listing, &ledger, &none), &old.key).0,
+            Action::Skip
+        );
+        // Fractions of a second count: .5 s later is newer, whatever the text sorts as.
+        let same_second = at(&old.key, "o", "2025-12-20T01:00:00.9Z");
+        let listing = vec![pack, same_second.clone()];
+        assert_eq!(
+            action_of(&plan(&p, &listing, &ledger, &none), &same_second.key).0,
+            Action::Replace
+        );
     }
 }

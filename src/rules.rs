@@ -340,6 +340,14 @@ pub struct CompiledRule {
     applies: Applies,
 }
 
+impl CompiledRule {
+    /// The rule that a row's billing period is the file name's month. In `run` the checking
+    /// step enforces that placement itself, under every profile; the rule only reports.
+    pub fn is_placement(&self) -> bool {
+        matches!(self.check, Check::PeriodOfName(..))
+    }
+}
+
 /// One rule's findings in one batch: the rows (indices) that break it, and for rules whose
 /// evidence is not a single cell, the text to report for each.
 pub struct Violations {

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 
-use crate::classify::{BillFile, Pipeline};
+use crate::classify::{Accounts, BillFile, Pipeline};
 use crate::decode::{
     format_decimal, parse_offset, CsvDecoder, DecodeOptions, MappedInput, RowProblem,
 };
@@ -296,6 +296,11 @@ pub fn run_with_progress(
             })
             .collect(),
     );
+    let index_of: std::collections::HashMap<&str, usize> = planned
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.object.key.as_str(), i))
+        .collect();
     let next = AtomicUsize::new(0);
     let failure: Mutex<Option<String>> = Mutex::new(None);
     let progress = Mutex::new(progress);
@@ -308,34 +313,62 @@ pub fn run_with_progress(
                     break;
                 }
                 let p = &planned[i];
-                let Some(bill) = &p.bill else { continue };
-                let mut entry = object_report(p, outcome_of(p.action));
-                let t0 = Instant::now();
-                match load_with_retries(&ctx, bill, opts, &mut entry) {
-                    Ok(()) => {}
-                    Err(Error::Rejected(why)) => {
-                        entry.outcome = Outcome::Reject;
-                        entry.reason = format!("rejected: {why}");
+                if p.bill.is_none() {
+                    continue;
+                }
+                // The planned object, then (if it is rejected) the unit's next-best objects in
+                // turn, until one loads: what a fresh load of the bucket would end with.
+                let mut candidate = Some((i, outcome_of(p.action), None));
+                let mut fallbacks = p.fallbacks.iter().filter_map(|k| index_of.get(k.as_str()));
+                while let Some((j, outcome, because)) = candidate.take() {
+                    let q = &planned[j];
+                    let Some(bill) = &q.bill else { break };
+                    let mut entry = object_report(q, outcome);
+                    if let Some(because) = because {
+                        entry.reason = because;
                     }
-                    Err(e) => {
-                        entry.outcome = Outcome::Reject;
-                        entry.reason = format!("failed: {e}");
-                        if let Ok(mut f) = failure.lock() {
-                            f.get_or_insert_with(|| format!("{}: {e}", p.object.key));
+                    let t0 = Instant::now();
+                    match load_with_retries(&ctx, bill, opts, &mut entry) {
+                        Ok(()) => {}
+                        Err(Error::Rejected(why)) => {
+                            entry.outcome = Outcome::Reject;
+                            entry.reason = format!("rejected: {why}");
+                            candidate = fallbacks.next().map(|&k| {
+                                let loaded = lock_ledger(&ctx.ledger)
+                                    .map(|l| l.get(&bill.unit).is_some())
+                                    .unwrap_or(false);
+                                let outcome =
+                                    if loaded { Outcome::Replace } else { Outcome::Ingest };
+                                (
+                                    k,
+                                    outcome,
+                                    Some(format!(
+                                        "the next-best snapshot of {}: {} was rejected",
+                                        bill.unit, q.object.key
+                                    )),
+                                )
+                            });
+                        }
+                        Err(e) => {
+                            entry.outcome = Outcome::Reject;
+                            entry.reason = format!("failed: {e}");
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert_with(|| format!("{}: {e}", q.object.key));
+                            }
                         }
                     }
-                }
-                entry.seconds = t0.elapsed().as_secs_f64();
-                if entry.outcome == Outcome::Reject {
-                    tracing::warn!(key = %p.object.key, "{}", entry.reason);
-                } else {
-                    tracing::info!(key = %p.object.key, rows = entry.rows_loaded, "{}", entry.reason);
-                }
-                if let Ok(mut cb) = progress.lock() {
-                    (*cb)(Progress::Done(Box::new(entry.clone())));
-                }
-                if let Ok(mut r) = results.lock() {
-                    r[i] = entry;
+                    entry.seconds = t0.elapsed().as_secs_f64();
+                    if entry.outcome == Outcome::Reject {
+                        tracing::warn!(key = %q.object.key, "{}", entry.reason);
+                    } else {
+                        tracing::info!(key = %q.object.key, rows = entry.rows_loaded, "{}", entry.reason);
+                    }
+                    if let Ok(mut cb) = progress.lock() {
+                        (*cb)(Progress::Done(Box::new(entry.clone())));
+                    }
+                    if let Ok(mut r) = results.lock() {
+                        r[j] = entry;
+                    }
                 }
             });
         }
@@ -384,6 +417,18 @@ fn load_with_retries(
 }
 
 /// What reading one file produced, before anything is published.
+impl Staged {
+    /// Removes the staged files of a snapshot that will not be published.
+    fn discard(self) {
+        for p in &self.parts {
+            let _ = std::fs::remove_file(&p.staged);
+        }
+        if let Some((path, _)) = &self.quarantine {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 struct Staged {
     parts: Vec<WrittenPart>,
     /// The unit's quarantine file in staging (rows held out, cells loaded as null) and the
@@ -409,9 +454,46 @@ fn load_snapshot(
     entry.problems = staged.problems.clone();
     entry.stages = staged.stages.clone();
     entry.rules = staged.rules.clone();
+    if let Err(e) = check_shrink(ctx, bill, &staged, opts) {
+        staged.discard();
+        return Err(e);
+    }
     let t = Instant::now();
     commit(ctx, bill, staged, entry)?;
     entry.stages.commit = t.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// How much smaller than the snapshot it replaces a snapshot of the same family may be.
+/// Month-to-date files only grow, a final holds every day of its dailies, and a restated bill
+/// changes amounts, not the number of charges: a file with under half the rows of the one it
+/// would replace is far likelier a truncated export or a wrong file than a real bill, and
+/// loading it would silently drop most of a month. (Files of different formats — a FOCUS
+/// daily and a native monthly — count rows differently and are not compared.) `state reset` for the unit, or `--force`, accepts such a file on purpose.
+const SHRINK_LIMIT: (u64, u64) = (1, 2);
+
+fn check_shrink(ctx: &Context, bill: &BillFile, staged: &Staged, opts: &RunOptions) -> Result<()> {
+    let previous = lock_ledger(&ctx.ledger)?.get(&bill.unit).cloned();
+    let Some(prev) = previous else { return Ok(()) };
+    let format_of = |family: &str| {
+        ctx.pipeline
+            .families
+            .iter()
+            .find(|f| f.name == family)
+            .map(|f| f.mapping.as_ref().map(|m| m.name.clone()))
+    };
+    let same_format = format_of(&prev.family).is_some_and(|f| Some(f) == format_of(&bill.family));
+    if opts.plan.force || prev.reset || !same_format {
+        return Ok(());
+    }
+    let before = prev.rows_loaded + prev.rows_quarantined;
+    let now = staged.tally.rows_read;
+    if now * SHRINK_LIMIT.1 < before * SHRINK_LIMIT.0 {
+        return Err(Error::Rejected(format!(
+            "{now} rows, under half of the {before} rows of the snapshot it would replace ({}, {}); a truncated or wrong file would drop most of the month, so the lake keeps what it had. If the bill really shrank, accept it with `billpipe state reset --account {} --month {}` (or --force)",
+            prev.rank, prev.source.key, bill.unit.account, bill.unit.month
+        )));
+    }
     Ok(())
 }
 
@@ -516,6 +598,9 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
                     &mut tally,
                 )?;
                 quarantine.add(name, &problems)?;
+                if bill.accounts == Accounts::One {
+                    same_account(&kept, &part.account_column, &bill.unit.account)?;
+                }
                 let t = Instant::now();
                 if kept.num_rows() > 0 && sink.tx.send(kept).is_err() {
                     return Err(Error::Rejected("the writer stopped".into())); // its error wins below
@@ -616,6 +701,34 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
             commit: 0.0,
         },
     })
+}
+
+/// A file named for one account holds only that account: rows of another would land in that
+/// account's partition beside its own file and count twice. The object is rejected, naming both.
+fn same_account(batch: &RecordBatch, column: &str, expected: &str) -> Result<()> {
+    use arrow_array::{Array, StringArray};
+    let Some(accounts) = batch
+        .column_by_name(column)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    else {
+        return Ok(());
+    };
+    let other =
+        (0..accounts.len()).find(|&i| accounts.is_valid(i) && accounts.value(i) != expected);
+    match other {
+        None => Ok(()),
+        Some(i) => {
+            let line = batch
+                .column_by_name(crate::decode::SOURCE_LINE_COLUMN)
+                .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>())
+                .map(|l| l.value(i).to_string())
+                .unwrap_or_else(|| "?".into());
+            Err(Error::Rejected(format!(
+                "line {line}, column {column}: the row is of account {:?}, but the name says the file is account {expected}'s (a file of this family holds one account; its rows would count twice beside the other account's own file)",
+                accounts.value(i)
+            )))
+        }
+    }
 }
 
 /// A native file's mapping plus its bill month's bounds: the month in the mapping's time zone,

@@ -105,6 +105,10 @@ pub struct Validator {
     required: Vec<(usize, String)>,
     /// Output index of BilledCost, when the file has it.
     money: Option<usize>,
+    /// `run`: the billing-period column and the UTC bounds of the month the file's name gives.
+    /// A row outside it cannot be placed in this file's snapshot (in another month's partition
+    /// it would count twice), whatever the profile says.
+    placement_month: Option<(usize, i64, i64)>,
     line_column: usize,
     rules: Vec<CompiledRule>,
     profile: Profile,
@@ -116,6 +120,8 @@ pub struct Validator {
 
 impl Validator {
     /// Checks the header and prepares the row checks. Errors reject the whole file.
+    /// `required` are the partition columns, billing period first (rows without them, or in
+    /// `run` outside the month the name gives, are held out).
     pub fn new(
         schema: &Schema,
         layout: &Layout,
@@ -211,6 +217,10 @@ impl Validator {
             })?;
             req.push((idx, name.to_string()));
         }
+        let placement_month = match (ctx.mode, ctx.file.name_period, req.first()) {
+            (CheckMode::Load, Some((start, end)), Some((idx, _))) => Some((*idx, start, end)),
+            _ => None,
+        };
         let money = present(layout, MONEY_COLUMN);
         if ctx.mode == CheckMode::Load && money.is_none() {
             return Err(Error::Rejected(format!(
@@ -223,6 +233,7 @@ impl Validator {
         Ok((
             Validator {
                 money,
+                placement_month,
                 required: req,
                 line_column,
                 rules: rules::compile(schema, layout, profile, &ctx.file),
@@ -357,6 +368,45 @@ impl Validator {
                 }
             }
         }
+        if let Some((idx, start, end)) = self.placement_month {
+            let placed_by_rule = self.rules.iter().any(|r| r.is_placement());
+            if let Some(periods) = batch
+                .column(idx)
+                .as_any()
+                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+            {
+                let mut held = 0;
+                for row in 0..periods.len() {
+                    let t = periods.value(row);
+                    if periods.is_null(row) || (start..end).contains(&t) {
+                        continue;
+                    }
+                    let hold = hold.get_or_insert_with(|| vec![false; batch.num_rows()]);
+                    if !hold[row] {
+                        hold[row] = true;
+                        held += 1;
+                        problems.push(RowProblem {
+                            line: line_of(row),
+                            column: schema_ref.field(idx).name().clone(),
+                            value: rules::cell_text(&batch, schema_ref.field(idx).name(), row),
+                            reason: "[BillingPeriod.FileName] the row's billing period is not the month the file's name gives; it cannot be placed in this file's snapshot (in another month's partition it would count twice)".into(),
+                            held_out: true,
+                        });
+                    }
+                }
+                // Under a profile that turns the rule off or down, the holds are still counted.
+                if held > 0 && !placed_by_rule {
+                    rules::tally(
+                        counts,
+                        "BillingPeriod.FileName",
+                        Severity::Quarantine,
+                        "the row's billing period must be the month the file's name gives (held out under every profile)",
+                        held,
+                        std::iter::empty(),
+                    );
+                }
+            }
+        }
         // A cell that did not type or map is null now; a rule about that very cell would only
         // repeat the finding (NotNull.BilledCost after Type.BilledCost), so it is not reported.
         let failed: std::collections::HashSet<(usize, &str)> = findings
@@ -399,7 +449,8 @@ impl Validator {
                     .map(|(k, &row)| format!("line {}: {:?}", line_of(row), value_of(k, row))),
             );
             let hold_it = match self.mode {
-                CheckMode::Load => rule.severity == Severity::Quarantine,
+                // Placement is enforced above, once, under every profile.
+                CheckMode::Load => rule.severity == Severity::Quarantine && !rule.is_placement(),
                 CheckMode::Judge => rule.severity.is_error(),
             };
             if !hold_it {
@@ -431,18 +482,31 @@ impl Validator {
         let money = self
             .money
             .and_then(|i| batch.column(i).as_any().downcast_ref::<Decimal128Array>());
-        let sum = |keep: &dyn Fn(usize) -> bool| -> i128 {
-            money.map_or(0, |m| {
-                (0..m.len())
-                    .filter(|&r| keep(r) && m.is_valid(r))
-                    .map(|r| m.value(r))
-                    .sum()
-            })
+        let sum = |keep: &dyn Fn(usize) -> bool| -> Result<i128> {
+            let Some(m) = money else { return Ok(0) };
+            (0..m.len())
+                .filter(|&r| keep(r) && m.is_valid(r))
+                .try_fold(0i128, |acc, r| acc.checked_add(m.value(r)))
+                .ok_or_else(|| {
+                    Error::Rejected(format!(
+                        "the BilledCost of lines {}..{} adds up beyond what a Decimal128(38) can hold",
+                        line_of(0),
+                        line_of(m.len().saturating_sub(1))
+                    ))
+                })
+        };
+        let add = |total: &mut i128, v: i128| -> Result<()> {
+            *total = total.checked_add(v).ok_or_else(|| {
+                Error::Rejected(
+                    "the file's BilledCost adds up beyond what a Decimal128(38) can hold".into(),
+                )
+            })?;
+            Ok(())
         };
         match hold {
             None => {
                 tally.rows_loaded += batch.num_rows() as u64;
-                tally.cost_loaded += sum(&|_| true);
+                add(&mut tally.cost_loaded, sum(&|_| true)?)?;
                 Ok(batch)
             }
             Some(hold) => {
@@ -453,8 +517,8 @@ impl Validator {
                 tally.rows_loaded += batch.num_rows() as u64 - held;
                 tally.cost_unreadable_rows +=
                     cost_unreadable.iter().filter(|&&r| hold[r]).count() as u64;
-                tally.cost_loaded += sum(&|r| !hold[r]);
-                tally.cost_held_out += sum(&|r| hold[r]);
+                add(&mut tally.cost_loaded, sum(&|r| !hold[r])?)?;
+                add(&mut tally.cost_held_out, sum(&|r| hold[r])?)?;
                 let keep: BooleanArray = hold.iter().map(|h| Some(!h)).collect();
                 Ok(filter_record_batch(&batch, &keep)?)
             }

@@ -1,0 +1,315 @@
+//! Delivery shapes that used to lose or double money (issue 10): among finals the newest
+//! delivery wins, a file's rows must be of the account and month its name gives (under every
+//! profile), an unreadable or much smaller file never replaces a good snapshot, and a sum that
+//! overflows rejects only its object. After every step the incremental lake equals a fresh load
+//! of the same folder.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use billpipe::generate::{object_name, write_detail_csv, write_focus_csv, GenerateOptions};
+use common::*;
+use rust_decimal::Decimal;
+
+const A: &str = "200020002001";
+const B: &str = "200020002002";
+
+fn options(account: &str, month: &str, through: Option<u32>, seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        account: account.into(),
+        month: month.into(),
+        through_day: through,
+        rows_per_day: 6,
+        seed,
+        bad_rows: vec![],
+        restated: false,
+        gaps: true,
+    }
+}
+
+/// Writes a FOCUS file under its Tencent name; returns its path.
+fn focus(dir: &Path, opts: &GenerateOptions) -> std::path::PathBuf {
+    let path = dir.join(object_name(&opts.account, &opts.month, opts.through_day).unwrap());
+    write_focus_csv(opts, std::fs::File::create(&path).unwrap()).unwrap();
+    path
+}
+
+/// A zipped native detail bill of November 2025 and its (rows, BilledCost).
+fn detail_zip(account: &str, seed: u64) -> (Vec<u8>, (u64, Decimal)) {
+    let mut csv = Vec::new();
+    let stats =
+        write_detail_csv(&options(account, "2025-11", None, seed), false, &mut csv).unwrap();
+    let billed = Decimal::from_i128_with_scale(stats.billed_cost_e8, 8);
+    (
+        zip_of(&[("bill.csv", &csv)]),
+        (stats.rows, billed.normalize()),
+    )
+}
+
+/// Writes `body` at `dir/key` with the given modification time (seconds after a fixed epoch).
+fn put(dir: &Path, key: &str, body: &[u8], modified: u64) {
+    let path = dir.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, body).unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000 + modified);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+fn sums_of(lake: &Path) -> std::collections::BTreeMap<(String, String), (u64, Decimal)> {
+    local_lake_sums(lake)
+        .into_iter()
+        .map(|(k, (rows, cost))| (k, (rows, cost.normalize())))
+        .collect()
+}
+
+/// Runs `billpipe run` on `src` into `lake`, then checks the incremental lake against a fresh
+/// load of the same folder. Returns the run's output and report.
+fn step(src: &Path, lake: &Path, extra: &[&str]) -> (Output, serde_json::Value) {
+    let (out, report) = run_job(src.to_str().unwrap(), lake.to_str().unwrap(), extra);
+    assert!(
+        out.code == 0 || out.code == 3,
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let fresh = tempfile::tempdir().unwrap();
+    run_job(src.to_str().unwrap(), fresh.path().to_str().unwrap(), extra);
+    assert_eq!(
+        sums_of(lake),
+        sums_of(fresh.path()),
+        "incremental lake != fresh load of the same bucket\n{}",
+        out.stdout
+    );
+    (out, report)
+}
+
+fn outcome<'a>(report: &'a serde_json::Value, key: &str) -> (&'a str, &'a str) {
+    let o = report["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == key)
+        .unwrap_or_else(|| panic!("no {key} in {report:#}"));
+    (
+        o["outcome"].as_str().unwrap(),
+        o["reason"].as_str().unwrap(),
+    )
+}
+
+#[test]
+fn among_finals_the_newest_delivery_wins() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let key = |what: &str| format!("{A}-202511-by_used_time-{what}.zip");
+    let nov = ("2025-11".to_string(), A.to_string());
+    // The detail monthly is loaded.
+    let (monthly, monthly_sum) = detail_zip(A, 1);
+    put(src.path(), &key("bill_details"), &monthly, 100);
+    step(src.path(), lake.path(), &[]);
+    assert_eq!(sums_of(lake.path())[&nov], monthly_sum);
+    // A bill pack for the same month arrives later with restated rows: it replaces the monthly.
+    let (pack, pack_sum) = detail_zip(A, 2);
+    assert_ne!(pack_sum, monthly_sum);
+    put(src.path(), &key("bill_pack"), &pack, 200);
+    let (_, report) = step(src.path(), lake.path(), &[]);
+    assert_eq!(outcome(&report, &key("bill_pack")).0, "replace");
+    assert_eq!(sums_of(lake.path())[&nov], pack_sum);
+    // Re-pushed under the same key with other rows: replaces its own load.
+    let (repushed, repushed_sum) = detail_zip(A, 3);
+    put(src.path(), &key("bill_pack"), &repushed, 300);
+    let (_, report) = step(src.path(), lake.path(), &[]);
+    assert_eq!(outcome(&report, &key("bill_pack")).0, "replace");
+    assert_eq!(sums_of(lake.path())[&nov], repushed_sum);
+    // An older restated monthly under another prefix does not roll the month back.
+    let old_key = format!("restated/{}", key("bill_details"));
+    put(src.path(), &old_key, &detail_zip(A, 4).0, 250);
+    let (_, report) = step(src.path(), lake.path(), &[]);
+    assert_eq!(outcome(&report, &old_key).0, "skip");
+    assert_eq!(sums_of(lake.path())[&nov], repushed_sum);
+    // ...but a newer one does replace it.
+    let (newest, newest_sum) = detail_zip(A, 5);
+    put(src.path(), &old_key, &newest, 400);
+    step(src.path(), lake.path(), &[]);
+    assert_eq!(sums_of(lake.path())[&nov], newest_sum);
+}
+
+#[test]
+fn rows_of_another_account_reject_the_object() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let b_file = focus(src.path(), &options(B, "2025-12", Some(5), 1));
+    // A file named for A whose rows carry B's account (B's own bill, under A's name).
+    let a_name = object_name(A, "2025-12", Some(5)).unwrap();
+    std::fs::copy(&b_file, src.path().join(&a_name)).unwrap();
+    let (out, report) = step(src.path(), lake.path(), &[]);
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    let (what, why) = outcome(&report, &a_name);
+    assert_eq!(what, "reject");
+    assert!(
+        why.contains(&format!(
+            "the row is of account \"{B}\", but the name says the file is account {A}'s"
+        )),
+        "{why}"
+    );
+    let sums = sums_of(lake.path());
+    let t = csv_totals(&b_file);
+    assert_eq!(sums.len(), 1);
+    assert_eq!(
+        sums[&("2025-12".to_string(), B.to_string())],
+        (t.rows, t.billed.normalize()),
+        "B counted once"
+    );
+}
+
+#[test]
+fn a_row_of_another_month_is_held_out_under_every_profile() {
+    for profile in ["tencent", "off"] {
+        let src = tempfile::tempdir().unwrap();
+        let lake = tempfile::tempdir().unwrap();
+        let november = focus(src.path(), &options(A, "2025-11", None, 1));
+        let december = focus(src.path(), &options(A, "2025-12", Some(5), 2));
+        // Three November rows slip into the December daily.
+        let text = std::fs::read_to_string(&december).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        for l in lines.iter_mut().skip(1).take(3) {
+            *l = l.replace("2025-11-30T16:00:00Z", "2025-10-31T16:00:00Z");
+        }
+        std::fs::write(&december, lines.join("\r\n") + "\r\n").unwrap();
+        let (out, report) = step(src.path(), lake.path(), &["--profile", profile]);
+        assert_eq!(out.code, 3, "{profile}: {}", out.stdout);
+        let key = december.file_name().unwrap().to_str().unwrap();
+        let o = report["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["key"] == key)
+            .unwrap();
+        assert_eq!(o["reconciliation"]["rows_held_out"], 3, "{profile}");
+        let sums = sums_of(lake.path());
+        let t = csv_totals(&november);
+        assert_eq!(
+            sums[&("2025-11".to_string(), A.to_string())],
+            (t.rows, t.billed.normalize()),
+            "{profile}: November holds its monthly and nothing else"
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_or_much_smaller_file_never_replaces_a_good_snapshot() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let dec = ("2025-12".to_string(), A.to_string());
+    let day9 = focus(src.path(), &options(A, "2025-12", Some(9), 1));
+    let t9 = csv_totals(&day9);
+    step(src.path(), lake.path(), &[]);
+    assert_eq!(sums_of(lake.path())[&dec], (t9.rows, t9.billed.normalize()));
+
+    // Day 10 with a trailing comma on every line: no row lines up with the header.
+    let day10 = focus(src.path(), &options(A, "2025-12", Some(10), 1));
+    let text = std::fs::read_to_string(&day10).unwrap();
+    let broken: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_string()
+            } else {
+                format!("{l},")
+            }
+        })
+        .collect();
+    std::fs::write(&day10, broken.join("\r\n") + "\r\n").unwrap();
+    let (out, report) = step(src.path(), lake.path(), &[]);
+    assert_eq!(out.code, 3);
+    let key10 = day10.file_name().unwrap().to_str().unwrap().to_string();
+    let (what, why) = outcome(&report, &key10);
+    assert_eq!(what, "reject", "{why}");
+    assert!(why.contains("no row of its"), "{why}");
+    assert_eq!(sums_of(lake.path())[&dec], (t9.rows, t9.billed.normalize()));
+
+    // Day 10 cut to a handful of rows: under half of what it would replace.
+    let text = std::fs::read_to_string(&day9).unwrap();
+    let short: Vec<&str> = text.lines().take(6).collect();
+    std::fs::write(&day10, short.join("\r\n") + "\r\n").unwrap();
+    let (out, report) = run_job(
+        src.path().to_str().unwrap(),
+        lake.path().to_str().unwrap(),
+        &[],
+    );
+    assert_eq!(out.code, 3);
+    let (what, why) = outcome(&report, &key10);
+    assert_eq!(what, "reject", "{why}");
+    assert!(why.contains("under half of the"), "{why}");
+    assert_eq!(sums_of(lake.path())[&dec], (t9.rows, t9.billed.normalize()));
+    // Accepted on purpose after `state reset`.
+    let reset = billpipe(&[
+        "state",
+        "reset",
+        "--dest",
+        lake.path().to_str().unwrap(),
+        "--account",
+        A,
+        "--month",
+        "2025-12",
+    ]);
+    assert_eq!(reset.code, 0, "{}{}", reset.stdout, reset.stderr);
+    let (out, _) = run_job(
+        src.path().to_str().unwrap(),
+        lake.path().to_str().unwrap(),
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let t10 = csv_totals(&day10);
+    assert_eq!(
+        sums_of(lake.path())[&dec],
+        (t10.rows, t10.billed.normalize())
+    );
+}
+
+#[test]
+fn a_sum_beyond_decimal128_rejects_only_its_object() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let good = focus(src.path(), &options(B, "2025-12", Some(3), 1));
+    let huge = focus(src.path(), &options(A, "2025-12", Some(3), 2));
+    let mut reader = csv::Reader::from_path(&huge).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let at = headers.iter().position(|h| h == "BilledCost").unwrap();
+    let mut rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    for r in rows.iter_mut().take(2) {
+        let mut f: Vec<String> = r.iter().map(String::from).collect();
+        f[at] = "99999999999999999999.9".into();
+        *r = csv::StringRecord::from(f);
+    }
+    let mut w = csv::Writer::from_path(&huge).unwrap();
+    w.write_record(&headers).unwrap();
+    for r in &rows {
+        w.write_record(r).unwrap();
+    }
+    w.flush().unwrap();
+    let (out, report) = run_job(
+        src.path().to_str().unwrap(),
+        lake.path().to_str().unwrap(),
+        &[],
+    );
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let (what, why) = outcome(&report, huge.file_name().unwrap().to_str().unwrap());
+    assert_eq!(what, "reject");
+    assert!(
+        why.contains("beyond what a Decimal128(38) can hold"),
+        "{why}"
+    );
+    let t = csv_totals(&good);
+    assert_eq!(
+        sums_of(lake.path())[&("2025-12".to_string(), B.to_string())],
+        (t.rows, t.billed.normalize())
+    );
+}
