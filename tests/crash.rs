@@ -16,6 +16,33 @@ use rust_decimal::Decimal;
 const A: &str = "700000000001";
 const B: &str = "700000000002";
 
+/// The Tencent pipeline with its FOCUS families declared `accounts = "many"`, so a file of
+/// unit (A, month) may carry rows of account B (a group bill, as a reseller's consolidated bill
+/// does): one replacement then touches two partitions.
+fn group_pipeline() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tencent.toml"),
+        )
+        .unwrap()
+        .replace(
+            "name = \"focus-daily\"\n",
+            "name = \"focus-daily\"\naccounts = \"many\"\n",
+        )
+        .replace(
+            "name = \"focus-monthly\"\n",
+            "name = \"focus-monthly\"\naccounts = \"many\"\n",
+        );
+        let declared = text.matches("accounts = \"many\"").count();
+        assert!(declared >= 4, "both FOCUS families declared: {declared}");
+        let path =
+            std::env::temp_dir().join(format!("billpipe-crash-group-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    })
+}
+
 /// A snapshot of unit (A, 2025-12) holding rows of accounts A and B (a group bill), so one
 /// replacement touches two partitions. Returns the expected sums per partition.
 fn deliver(src: &Path, through: Option<u32>, with_b: bool, rows_per_day: u64) -> Sums {
@@ -48,6 +75,8 @@ fn deliver(src: &Path, through: Option<u32>, with_b: bool, rows_per_day: u64) ->
     std::fs::write(dir.path().join(&name), &file).unwrap();
     let out = billpipe(&[
         "run",
+        "--pipeline",
+        group_pipeline(),
         "--source",
         dir.path().to_str().unwrap(),
         "--dest",
@@ -61,6 +90,8 @@ fn killed_run(src: &Path, lake: &Path, point: &str) {
     let status = Command::new(bin())
         .args([
             "run",
+            "--pipeline",
+            group_pipeline(),
             "--source",
             src.to_str().unwrap(),
             "--dest",
@@ -109,6 +140,8 @@ fn assert_consistent(lake: &Path, old: &Sums, new: &Sums, context: &str) {
 fn finish_and_check(src: &Path, lake: &Path, expected: &Sums, context: &str) {
     let out = billpipe(&[
         "run",
+        "--pipeline",
+        group_pipeline(),
         "--source",
         src.to_str().unwrap(),
         "--dest",
@@ -188,6 +221,8 @@ fn kills_at_random_moments_never_leave_a_mixed_lake() {
         let mut child = Command::new(bin())
             .args([
                 "run",
+                "--pipeline",
+                group_pipeline(),
                 "--source",
                 src.path().to_str().unwrap(),
                 "--dest",
@@ -227,6 +262,8 @@ fn a_kill_at_any_step_leaves_an_s3_lake_whole() {
             let mut cmd = Command::new(bin());
             cmd.args([
                 "run",
+                "--pipeline",
+                group_pipeline(),
                 "--source",
                 src.path().to_str().unwrap(),
                 "--dest",
