@@ -5,6 +5,14 @@
 //! [`FetchReader`] is the receiving end as a plain `std::io::Read`, so decoders are ordinary
 //! synchronous readers. A fetch error reaches the reader as an I/O error, so a truncated or
 //! failed download can never look like a complete file.
+//!
+//! The other direction: when the reader is dropped before the end (the decoder rejected the
+//! file: a GBK byte, an over-long line, a corrupt member), [`ChunkSender::send`] returns false
+//! and the source stops and returns `Ok` with the bytes it sent. The decoder's error is the
+//! cause; a source that reported its own error here ("file changed while it was read", because
+//! fewer bytes were read than listed) would hide it, since the run reports a fetch error before
+//! a decoder's. Only a reader that stops early does this, and `unpack` makes sure a reader is
+//! only dropped early after an error: every stream is read to its end or rejected.
 
 use std::io::{self, Read};
 use std::sync::Arc;

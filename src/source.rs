@@ -2,6 +2,25 @@
 //! folder (the offline default, used by the example bucket); [`S3Source`] lists and reads any
 //! S3-compatible bucket. A source only lists and streams bytes; what the bytes mean is decided
 //! later (`classify`, `decode`).
+//!
+//! A local folder is listed as a bucket would be: every file under it, at any depth, keyed by
+//! its path relative to the folder with `/` between components. Symbolic links are followed,
+//! to files and to folders (a bill linked in from elsewhere is a bill; its size and modification
+//! time, which make the ETag, are the target's), except a link back to a folder that is being
+//! walked, which would list the same files forever. A link whose target is missing is still
+//! listed, so that a bill behind it is rejected with that cause rather than vanish.
+//!
+//! Keys are text; file names on Linux are bytes. A path that is not UTF-8 (a folder named in
+//! GBK on a Chinese Windows, copied over) gets a key in which each non-ASCII byte of such a
+//! name is written `\xNN` (`\xD5\xCB\xB5\xA5/FOCUS-…csv`; bill names are ASCII, so they still
+//! classify), and the source remembers which file that key stands for, so the file is read, not
+//! looked for under a name that does not exist. Two paths that would get the same key fail the
+//! listing, naming both.
+//!
+//! Sources stream into a [`ChunkSender`]. When the reader goes away (`send` returns false), the
+//! decoder at the other end stopped because of an error of its own, which is the one to report:
+//! the source stops and returns what it sent, and never calls the object short or changed for
+//! it (see `fetch`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -46,36 +65,68 @@ pub fn open(uri: &str, s3: impl FnOnce() -> Result<S3Context>) -> Result<Box<dyn
             if !root.is_dir() {
                 return Err(Error::Config(format!("source {uri} is not a folder")));
             }
-            Ok(Box::new(LocalSource { root }))
+            Ok(Box::new(LocalSource::new(root)))
         }
     }
 }
 
 pub struct LocalSource {
     root: PathBuf,
+    /// Files whose key is not their path (a component that is not UTF-8), by key.
+    renamed: std::sync::Mutex<std::collections::HashMap<String, PathBuf>>,
 }
 
 impl LocalSource {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LocalSource { root: root.into() }
+        LocalSource {
+            root: root.into(),
+            renamed: Default::default(),
+        }
     }
 
-    fn walk(&self, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<()> {
+    /// Lists `dir` into `out`. `walking` holds the canonical paths of `dir` and the folders
+    /// above it (to stop symbolic-link loops); `renamed` collects keys that are not paths.
+    fn walk(
+        &self,
+        dir: &Path,
+        walking: &mut Vec<PathBuf>,
+        out: &mut Vec<ObjectInfo>,
+        renamed: &mut std::collections::HashMap<String, PathBuf>,
+    ) -> Result<()> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let path = entry.path();
-            let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
+            let file_type = entry.file_type().map_err(|e| Error::io(&path, e))?;
+            // Follow symbolic links. One that cannot be followed (its target is gone, or it
+            // loops) is listed as the link itself: reading it then says why, for that object.
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(_) if file_type.is_symlink() => {
+                    entry.metadata().map_err(|e| Error::io(&path, e))?
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            };
             if meta.is_dir() {
-                self.walk(&path, out)?;
+                let real = std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?;
+                if walking.contains(&real) {
+                    tracing::warn!(
+                        "{}: a symbolic link back to {}, which is being listed already; not followed",
+                        path.display(),
+                        real.display()
+                    );
+                    continue;
+                }
+                walking.push(real);
+                self.walk(&path, walking, out, renamed)?;
+                walking.pop();
                 continue;
             }
             let rel = path.strip_prefix(&self.root).unwrap_or(&path);
-            let key = rel
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
+            let (key, exact) = key_of(rel);
+            if !exact {
+                renamed.insert(key.clone(), path.clone());
+            }
             let modified = meta.modified().ok();
             let nanos = modified
                 .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
@@ -94,6 +145,83 @@ impl LocalSource {
         }
         Ok(())
     }
+
+    /// The file behind a listed key.
+    fn path_of(&self, key: &str) -> PathBuf {
+        let renamed = self.renamed.lock().ok().and_then(|r| r.get(key).cloned());
+        renamed.unwrap_or_else(|| self.root.join(key))
+    }
+
+    /// Opens a listed file, saying what it is when it is not a readable regular file.
+    fn open(&self, key: &str, path: &Path) -> Result<std::fs::File> {
+        let link = std::fs::symlink_metadata(path)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        let target = || {
+            std::fs::read_link(path)
+                .map(|t| format!(" to {}", t.display()))
+                .unwrap_or_default()
+        };
+        let meta = std::fs::metadata(path).map_err(|e| {
+            if link {
+                Error::Rejected(format!(
+                    "{key}: a symbolic link{} that cannot be followed: {e}",
+                    target()
+                ))
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        if !meta.is_file() {
+            // A FIFO or a device would block or never end; neither is a bill file.
+            return Err(Error::Rejected(format!(
+                "{key}: not a regular file{} (a FIFO, socket or device?)",
+                if link { target() } else { String::new() }
+            )));
+        }
+        std::fs::File::open(path).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// The key of a relative path: its components joined by `/`; in a component that is not UTF-8,
+/// each non-ASCII byte is written `\xNN`. Returns whether the key is the path itself.
+fn key_of(rel: &Path) -> (String, bool) {
+    let mut exact = true;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| {
+            let os = c.as_os_str();
+            match os.to_str() {
+                Some(text) => text.to_string(),
+                None => {
+                    exact = false;
+                    escape_non_utf8(os)
+                }
+            }
+        })
+        .collect();
+    (parts.join("/"), exact)
+}
+
+#[cfg(unix)]
+fn escape_non_utf8(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    // Bytes of another encoding can happen to form UTF-8 here and there (GBK "账单" is
+    // D5 CB B5 A5, and CB B5 is UTF-8 for "˵"): in a name that is not UTF-8 as a whole, no
+    // non-ASCII byte is taken for a character.
+    let mut out = String::new();
+    for byte in name.as_bytes() {
+        match byte {
+            0..=0x7f => out.push(char::from(*byte)),
+            _ => out.push_str(&format!("\\x{byte:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(not(unix))]
+fn escape_non_utf8(name: &std::ffi::OsStr) -> String {
+    name.to_string_lossy().into_owned()
 }
 
 impl Source for LocalSource {
@@ -103,14 +231,28 @@ impl Source for LocalSource {
 
     fn list(&self) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        self.walk(&self.root, &mut out)?;
+        let mut renamed = std::collections::HashMap::new();
+        let mut walking = vec![std::fs::canonicalize(&self.root).unwrap_or(self.root.clone())];
+        self.walk(&self.root, &mut walking, &mut out, &mut renamed)?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        // Only an escaped name can meet another (`\xD5` escaped, or a file named so in text).
+        if let Some(pair) = out.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(Error::Config(format!(
+                "source {}: two files would both be listed as {:?} (one of them is {:?}); rename one",
+                self.root.display(),
+                pair[0].key,
+                renamed.get(&pair[0].key).cloned().unwrap_or_default()
+            )));
+        }
+        if let Ok(mut r) = self.renamed.lock() {
+            *r = renamed;
+        }
         Ok(out)
     }
 
     fn stream(&self, object: &ObjectInfo, out: &ChunkSender) -> Result<u64> {
-        let path = self.root.join(&object.key);
-        let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let path = self.path_of(&object.key);
+        let mut file = self.open(&object.key, &path)?;
         let mut total = 0u64;
         loop {
             let mut buf = vec![0u8; crate::fetch::CHUNK_BYTES];
@@ -121,7 +263,9 @@ impl Source for LocalSource {
             buf.truncate(n);
             total += n as u64;
             if !out.send(bytes::Bytes::from(buf)) {
-                break; // the reader stopped early (file rejected); nothing more to do
+                // The reader stopped early: the decoder rejected the file, and its reason is the
+                // one to report. The file is not "changed"; it was not read to the end.
+                return Ok(total);
             }
         }
         if total != object.size {
@@ -278,5 +422,26 @@ impl Source for S3Source {
             }
             Ok(total)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_of_names_that_are_not_utf8_escape_their_non_ascii_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let gbk = std::ffi::OsStr::from_bytes(b"\xd5\xcb\xb5\xa5-2025");
+        let rel = Path::new(gbk).join("账单.csv");
+        assert_eq!(
+            key_of(&rel),
+            ("\\xD5\\xCB\\xB5\\xA5-2025/账单.csv".to_string(), false)
+        );
+        assert_eq!(
+            key_of(Path::new("a/账单.csv")),
+            ("a/账单.csv".to_string(), true)
+        );
     }
 }
