@@ -309,7 +309,7 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
         args.source,
         args.dest
     );
-    let report: RunReport = if plan_only {
+    let result = if plan_only {
         run::plan_only(&opts)
     } else if args.quiet {
         run::run(&opts)
@@ -318,14 +318,40 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
         let r = run::run_with_progress(&opts, &mut |p| display.update(p));
         display.finish();
         r
-    }
-    .with_context(|| what.clone())?;
+    };
+    let report: RunReport = match result {
+        Ok(report) => report,
+        Err(e) => {
+            // A scheduler reads the report even when the run never started (bad credentials,
+            // a missing source, a held lock): it carries the error.
+            if let Some(path) = &args.report {
+                let mut failed = run::failed_report(
+                    if plan_only { "plan" } else { "run" },
+                    &opts,
+                    &format!("{what}: {e}"),
+                );
+                failed.exit_code = Some(if matches!(e, billpipe::Error::Locked(_)) {
+                    EXIT_LOCKED
+                } else {
+                    EXIT_FAILED
+                });
+                let json = serde_json::to_vec_pretty(&failed)?;
+                std::fs::write(path, json)
+                    .with_context(|| format!("writing report {}", path.display()))?;
+            }
+            return Err(anyhow::Error::new(e).context(what));
+        }
+    };
     if !args.quiet {
         print!("{}", report.human(args.verbose));
     } else if let Some(e) = &report.error {
         eprintln!("billpipe: {what}: {e}");
     }
     if let Some(path) = &args.report {
+        let report = RunReport {
+            exit_code: Some(report.exit_code()),
+            ..report.clone()
+        };
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))?;
     }

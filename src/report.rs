@@ -199,6 +199,9 @@ pub struct RunReport {
     pub lake_gaps: Vec<LakeGap>,
     /// Set when the run itself failed (listing, writing the lake, ...).
     pub error: Option<String>,
+    /// The process's exit code, in reports of runs that failed before they started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 impl RunReport {

@@ -160,6 +160,15 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     })
 }
 
+/// The report of a run that failed before it started (configuration, listing, lock): no
+/// objects, the error.
+pub fn failed_report(command: &str, opts: &RunOptions, error: &str) -> RunReport {
+    RunReport {
+        error: Some(error.to_string()),
+        ..new_report(command, opts)
+    }
+}
+
 fn new_report(command: &str, opts: &RunOptions) -> RunReport {
     RunReport {
         command: command.into(),
@@ -173,6 +182,7 @@ fn new_report(command: &str, opts: &RunOptions) -> RunReport {
         totals: Totals::default(),
         lake_gaps: Vec::new(),
         error: None,
+        exit_code: None,
     }
 }
 

@@ -82,6 +82,15 @@ pub struct S3Context {
 
 impl S3Context {
     pub fn connect(options: &S3Options) -> Result<S3Context> {
+        let from_env = std::env::var("AWS_ENDPOINT_URL").ok();
+        for (url, from) in [
+            (options.endpoint.as_deref(), "--endpoint"),
+            (from_env.as_deref(), "AWS_ENDPOINT_URL"),
+        ] {
+            if let Some(url) = url {
+                check_endpoint(url, from)?;
+            }
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("billpipe-s3")
@@ -213,9 +222,31 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
+/// An endpoint URL must not carry credentials (`https://key:secret@host`): the SDK would log
+/// the URL, password included, and a URL is the wrong place for a secret anyway.
+fn check_endpoint(url: &str, from: &str) -> Result<()> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(Error::Config(format!(
+            "{from} carries credentials in the URL (user:password@host); give the endpoint without them and the keys as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (for COS: SecretId / SecretKey) or a profile"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_with_credentials_are_refused() {
+        assert!(check_endpoint("https://cos.ap-guangzhou.myqcloud.com", "x").is_ok());
+        assert!(check_endpoint("http://127.0.0.1:3900/path@x", "x").is_ok());
+        let e = check_endpoint("https://AKID:s3cr3t@cos.example.com", "--endpoint").unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        assert!(check_endpoint("user@host:9000", "x").is_err());
+    }
 
     #[test]
     fn parses_uris() {

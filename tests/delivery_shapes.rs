@@ -396,3 +396,48 @@ fn delivery_shapes_from_s3() {
     assert_eq!(a_dec.0, ta.rows - 1, "the November row is held out");
     assert_eq!(sums[&nov], repushed_sum, "November untouched");
 }
+
+/// A run that fails before it starts still writes its `--report`, with the error and the exit
+/// code; an endpoint URL carrying credentials is refused without echoing them.
+#[test]
+fn failed_runs_write_their_report_and_endpoints_keep_no_secrets() {
+    let lake = tempfile::tempdir().unwrap();
+    let report = lake.path().join("report.json");
+    let out = billpipe(&[
+        "run",
+        "--source",
+        "/no/such/folder",
+        "--dest",
+        lake.path().join("lake").to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["exit_code"], 1);
+    assert!(
+        json["error"].as_str().unwrap().contains("/no/such/folder"),
+        "{json}"
+    );
+    let out = billpipe(&[
+        "run",
+        "--source",
+        "s3://bills",
+        "--dest",
+        lake.path().join("lake").to_str().unwrap(),
+        "--endpoint",
+        "https://AKIDEXAMPLE:topsecret@cos.ap-guangzhou.myqcloud.com",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("--endpoint carries credentials in the URL"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("topsecret") && !out.stdout.contains("topsecret"));
+    let report_text = std::fs::read_to_string(&report).unwrap();
+    assert!(!report_text.contains("topsecret"), "{report_text}");
+}
