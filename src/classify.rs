@@ -286,7 +286,7 @@ impl Pipeline {
                     family.name
                 ));
             };
-            return Classification::Bill(BillFile {
+            return Classification::Bill(Box::new(BillFile {
                 object: obj.clone(),
                 family: family.name.clone(),
                 mapping: family.mapping.clone(),
@@ -297,7 +297,9 @@ impl Pipeline {
                     month,
                 },
                 rank,
-            });
+                part: caps.name("part").map(|p| p.as_str().to_string()),
+                other_parts: Vec::new(),
+            }));
         }
         if let Some(why) = self.near_miss(&obj.key) {
             return Classification::NearMiss(why);
@@ -459,11 +461,26 @@ pub struct BillFile {
     pub accounts: Accounts,
     pub unit: SnapshotUnit,
     pub rank: SnapshotRank,
+    /// The `part` the name gives, for families whose snapshots span several objects
+    /// (`…-00001.csv.gz`, `…_2.csv`): objects of one unit, rank and folder with different
+    /// parts are one snapshot.
+    pub part: Option<String>,
+    /// Set by the plan on the object that leads a multi-part snapshot: the other parts, in
+    /// part order, loaded and replaced together with it.
+    pub other_parts: Vec<ObjectInfo>,
+}
+
+impl BillFile {
+    /// Every object of the snapshot this file leads: itself, then its other parts.
+    pub fn objects(&self) -> impl Iterator<Item = &ObjectInfo> {
+        std::iter::once(&self.object).chain(self.other_parts.iter())
+    }
 }
 
 #[derive(Debug, Clone)]
 pub enum Classification {
-    Bill(BillFile),
+    /// Boxed: a bill file is far larger than the other variants.
+    Bill(Box<BillFile>),
     /// Named like a bill but not one any family accepts (an impossible date, a copy suffix,
     /// an extra extension): not loaded, reported, and the run exits non-zero.
     NearMiss(String),
@@ -485,7 +502,7 @@ mod tests {
 
     fn bill(p: &Pipeline, key: &str) -> BillFile {
         match p.classify(&obj(key)) {
-            Classification::Bill(b) => b,
+            Classification::Bill(b) => *b,
             Classification::Unrecognised(r) | Classification::NearMiss(r) => panic!("{key}: {r}"),
         }
     }

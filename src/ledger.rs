@@ -32,7 +32,11 @@ pub struct OutputFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
     pub unit: SnapshotUnit,
+    /// The object the snapshot was loaded from (its first part, for a snapshot in parts).
     pub source: ObjectInfo,
+    /// The snapshot's other parts, in part order (empty for a snapshot in one object).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<ObjectInfo>,
     pub family: String,
     pub rank: SnapshotRank,
     pub outputs: Vec<OutputFile>,

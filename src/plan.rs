@@ -86,13 +86,13 @@ pub fn plan(
                         "out of range: billing month {} is outside --from/--to",
                         bill.unit.month
                     ),
-                    bill: Some(bill),
+                    bill: Some(*bill),
                     action: Action::Skip,
                     near_miss: false,
                     fallbacks: Vec::new(),
                 })
             }
-            Classification::Bill(bill) => by_unit.entry(bill.unit.clone()).or_default().push(bill),
+            Classification::Bill(bill) => by_unit.entry(bill.unit.clone()).or_default().push(*bill),
             Classification::Unrecognised(reason) => out.push(PlannedObject {
                 object: obj.clone(),
                 bill: None,
@@ -111,11 +111,25 @@ pub fn plan(
             }),
         }
     }
-    for (unit, mut bills) in by_unit {
-        // Best first: highest rank, then newest delivery, then key (see `Delivery`).
-        bills.sort_by(|a, b| Delivery::of(b).cmp(&Delivery::of(a)));
+    for (unit, bills) in by_unit {
+        // Parts of one delivery become one snapshot, led by its first part; best first.
+        let mut snapshots = group_parts(bills);
+        snapshots.sort_by(|a, b| Delivery::of(&b[0]).cmp(&Delivery::of(&a[0])));
         let loaded = ledger.get(&unit);
-        let best = &bills[0];
+        let best = &snapshots[0][0];
+        let unchanged = |l: &crate::ledger::LedgerEntry, lead: &BillFile| {
+            let mut had: Vec<(&str, &str, u64)> = std::iter::once(&l.source)
+                .chain(l.parts.iter())
+                .map(|o| (o.key.as_str(), o.etag.as_str(), o.size))
+                .collect();
+            let mut has: Vec<(&str, &str, u64)> = lead
+                .objects()
+                .map(|o| (o.key.as_str(), o.etag.as_str(), o.size))
+                .collect();
+            had.sort_unstable();
+            has.sort_unstable();
+            had == has
+        };
         let (action, reason) = match loaded {
             None => (
                 Action::Ingest,
@@ -133,12 +147,18 @@ pub fn plan(
                 ),
             ),
             Some(l) if l.source.key == best.object.key => {
-                if l.source.etag == best.object.etag && l.source.size == best.object.size {
+                if unchanged(l, best) {
                     (Action::Skip, "unchanged since it was loaded".to_string())
-                } else {
+                } else if best.other_parts.is_empty() && l.parts.is_empty() {
                     (
                         Action::Replace,
                         "re-delivered (same key, new content) - replaces its earlier load"
+                            .to_string(),
+                    )
+                } else {
+                    (
+                        Action::Replace,
+                        "a part of the snapshot changed, was added or removed - the whole snapshot is reloaded"
                             .to_string(),
                     )
                 }
@@ -171,57 +191,106 @@ pub fn plan(
         let fallbacks: Vec<String> = if action == Action::Skip {
             Vec::new()
         } else {
-            bills[1..]
+            snapshots[1..]
                 .iter()
+                .map(|s| &s[0])
                 .take_while(|b| match loaded {
                     None => true,
                     Some(l) if l.reset || options.force => true,
-                    Some(l) => {
-                        let unchanged = l.source.key == b.object.key
-                            && l.source.etag == b.object.etag
-                            && l.source.size == b.object.size;
-                        !unchanged && Delivery::of(b) > Delivery::loaded(l)
-                    }
+                    Some(l) => !unchanged(l, b) && Delivery::of(b) > Delivery::loaded(l),
                 })
                 .map(|b| b.object.key.clone())
                 .collect()
         };
-        for (i, bill) in bills.iter().enumerate() {
-            if i == 0 {
+        for (n, snapshot) in snapshots.iter().enumerate() {
+            let lead = &snapshot[0];
+            for (i, bill) in snapshot.iter().enumerate() {
+                let (action, reason, fallbacks) = match (n, i) {
+                    (0, 0) => (action, reason.clone(), fallbacks.clone()),
+                    (0, _) => (
+                        Action::Skip,
+                        format!(
+                            "part {} of {} of the snapshot led by {} (loaded and replaced with it)",
+                            i + 1,
+                            snapshot.len(),
+                            lead.object.key
+                        ),
+                        Vec::new(),
+                    ),
+                    _ => {
+                        let reason = match loaded {
+                            Some(l)
+                                if l.source.key == bill.object.key && action != Action::Skip =>
+                            {
+                                format!(
+                                    "loaded earlier; replaced by the newer {} ({})",
+                                    best.rank, best.object.key
+                                )
+                            }
+                            _ => format!(
+                                "superseded by the newer {} ({})",
+                                best.rank, best.object.key
+                            ),
+                        };
+                        (Action::Skip, reason, Vec::new())
+                    }
+                };
                 out.push(PlannedObject {
                     object: bill.object.clone(),
                     bill: Some(bill.clone()),
                     action,
-                    reason: reason.clone(),
+                    reason,
                     near_miss: false,
-                    fallbacks: fallbacks.clone(),
+                    fallbacks,
                 });
-                continue;
             }
-            let reason = match loaded {
-                Some(l) if l.source.key == bill.object.key && action != Action::Skip => {
-                    format!(
-                        "loaded earlier; replaced by the newer {} ({})",
-                        best.rank, best.object.key
-                    )
-                }
-                _ => format!(
-                    "superseded by the newer {} ({})",
-                    best.rank, best.object.key
-                ),
-            };
-            out.push(PlannedObject {
-                object: bill.object.clone(),
-                bill: Some(bill.clone()),
-                action: Action::Skip,
-                reason,
-                near_miss: false,
-                fallbacks: Vec::new(),
-            });
         }
     }
     out.sort_by(|a, b| a.object.key.cmp(&b.object.key));
     out
+}
+
+/// Groups a unit's bill files into snapshots: files whose family declares a `part` and that
+/// share rank, family and folder are the parts of one snapshot (sorted by part, numerically
+/// where the parts are numbers); every other file is a snapshot on its own.
+fn group_parts(bills: Vec<BillFile>) -> Vec<Vec<BillFile>> {
+    let mut groups: BTreeMap<(String, String, String), Vec<BillFile>> = BTreeMap::new();
+    let mut singles = Vec::new();
+    for bill in bills {
+        if bill.part.is_none() {
+            singles.push(vec![bill]);
+            continue;
+        }
+        let folder = bill
+            .object
+            .key
+            .rsplit_once('/')
+            .map_or("", |(d, _)| d)
+            .to_string();
+        let group = (format!("{:?}", bill.rank), bill.family.clone(), folder);
+        groups.entry(group).or_default().push(bill);
+    }
+    for parts in groups.values_mut() {
+        parts.sort_by(|a, b| {
+            let key = |p: &Option<String>| {
+                let p = p.clone().unwrap_or_default();
+                (
+                    p.trim_start_matches('0').len(),
+                    p.trim_start_matches('0').to_string(),
+                    p,
+                )
+            };
+            key(&a.part)
+                .cmp(&key(&b.part))
+                .then_with(|| a.object.key.cmp(&b.object.key))
+        });
+    }
+    for mut parts in groups.into_values() {
+        let others: Vec<ObjectInfo> = parts[1..].iter().map(|b| b.object.clone()).collect();
+        parts[0].other_parts = others;
+        singles.push(parts);
+    }
+    singles
 }
 
 /// Which of two snapshots of one unit the lake should hold: the higher rank (final over
@@ -237,25 +306,32 @@ struct Delivery<'a> {
 }
 
 impl<'a> Delivery<'a> {
+    /// A snapshot by the file that leads it (its other parts included).
     fn of(bill: &'a BillFile) -> Delivery<'a> {
-        Delivery::new(&bill.rank, &bill.object)
+        Delivery::new(&bill.rank, &bill.object, bill.objects())
     }
 
     fn loaded(entry: &'a crate::ledger::LedgerEntry) -> Delivery<'a> {
-        Delivery::new(&entry.rank, &entry.source)
+        let all = std::iter::once(&entry.source).chain(entry.parts.iter());
+        Delivery::new(&entry.rank, &entry.source, all)
     }
 
-    fn new(rank: &'a crate::classify::SnapshotRank, object: &'a ObjectInfo) -> Delivery<'a> {
+    /// A snapshot of several parts was delivered when its last part was.
+    fn new(
+        rank: &'a crate::classify::SnapshotRank,
+        lead: &'a ObjectInfo,
+        objects: impl Iterator<Item = &'a ObjectInfo>,
+    ) -> Delivery<'a> {
         // RFC 3339 text does not sort as time ("…56.5Z" < "…56Z"): compare instants.
-        let modified = object
-            .last_modified
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_micros());
+        let modified = objects
+            .filter_map(|o| o.last_modified.as_deref())
+            .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros())
+            .max();
         Delivery {
             rank,
             modified,
-            key: std::cmp::Reverse(object.key.as_str()),
+            key: std::cmp::Reverse(lead.key.as_str()),
         }
     }
 }
@@ -282,6 +358,7 @@ mod tests {
         ledger.record(LedgerEntry {
             unit: b.unit,
             source: o.clone(),
+            parts: vec![],
             family: b.family.clone(),
             rank: b.rank,
             outputs: vec![],

@@ -377,6 +377,23 @@ pub fn run_with_progress(
                         (*cb)(Progress::Done(Box::new(entry.clone())));
                     }
                     if let Ok(mut r) = results.lock() {
+                        // The other parts of a snapshot share its fate.
+                        for other in &bill.other_parts {
+                            let Some(&k) = index_of.get(other.key.as_str()) else {
+                                continue;
+                            };
+                            r[k].outcome = entry.outcome;
+                            r[k].reason = match entry.outcome {
+                                Outcome::Reject => format!(
+                                    "rejected with its snapshot, led by {}",
+                                    q.object.key
+                                ),
+                                _ => format!(
+                                    "loaded as a part of the snapshot led by {}",
+                                    q.object.key
+                                ),
+                            };
+                        }
                         r[j] = entry;
                     }
                 }
@@ -520,10 +537,8 @@ struct Sink {
 
 /// Runs fetch (+ decompress) → decode → validate → write for one object into staging.
 fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<Staged> {
-    let key = &bill.object.key;
     let schema = &ctx.pipeline.schema;
     let stem = bill.unit.file_stem();
-    let (reader, fetcher) = fetch::spawn(ctx.source.clone(), bill.object.clone())?;
     let quarantine_path = ctx
         .lake
         .staging()
@@ -544,83 +559,118 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
     if let Some(m) = &bill.mapping {
         decode_options.naive_offset_secs = parse_offset(&m.time_offset)?;
     }
-    // Every CSV member (one for a plain file, several in a zip) feeds the same writer.
-    let unpacked =
-        unpack::for_each_member(reader, key, &opts.limits, &spill, &mut |name, input| {
-            let started = Instant::now();
-            let decoder =
-                CsvDecoder::new(input, name, schema, decode_options.clone(), mapped.as_ref())
-                    .map_err(|e| member_error(name, key, e))?;
-            fault_point("fetch");
-            let layout = decoder.layout().clone();
-            let sink = match &mut sink {
-                Some(s) if s.schema != layout.schema => {
-                    return Err(Error::Rejected(format!(
-                        "{name}: its columns differ from the first CSV member's"
-                    )))
-                }
-                Some(s) => s,
-                None => {
-                    let check = CheckContext {
-                        file: FileContext {
-                            name_period: month_bounds(&bill.unit.month, ctx.period_offset_secs),
-                        },
-                        column_versions: ctx.column_versions.clone(),
-                        mode: CheckMode::Load,
-                    };
-                    let (validator, header_notes) = Validator::new(
-                        schema,
-                        &layout,
-                        &[&part.period_column, &part.account_column],
-                        &ctx.profile,
-                        &check,
-                    )?;
-                    notes.extend(header_notes.notes);
-                    rule_counts.extend(header_notes.rules);
-                    let writer = PartitionedWriter::new(
-                        ctx.lake.staging(),
-                        &stem,
-                        layout.schema.clone(),
-                        &part.period_column,
-                        &part.account_column,
-                        ctx.period_offset_secs,
-                        opts.write.clone(),
-                    )?;
-                    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
-                    let writer = spawn_writer(writer, rx)?;
-                    sink.insert(Sink {
-                        schema: layout.schema.clone(),
-                        validator,
-                        tx,
-                        writer,
-                    })
-                }
-            };
-            let mut waiting = std::time::Duration::ZERO;
-            for item in decoder {
-                let decoded = item.map_err(|e| member_error(name, key, e))?;
-                let mut problems = decoded.problems;
-                let kept = sink.validator.check(
-                    decoded.batch,
-                    &decoded.findings,
-                    &mut problems,
-                    &mut rule_counts,
-                    &mut tally,
-                )?;
-                quarantine.add(name, &problems)?;
-                if bill.accounts == Accounts::One {
-                    same_account(&kept, &part.account_column, &bill.unit.account)?;
-                }
-                let t = Instant::now();
-                if kept.num_rows() > 0 && sink.tx.send(kept).is_err() {
-                    return Err(Error::Rejected("the writer stopped".into())); // its error wins below
-                }
-                waiting += t.elapsed();
-                fault_point("write");
+    // Every CSV member (one for a plain file, several in a zip) of every object of the
+    // snapshot (one, or its parts) feeds the same writer, in part order.
+    // The first failure, and whether the download itself failed (which explains best).
+    let mut failed: Option<(Error, bool)> = None;
+    let (mut bytes_read, mut fetch_seconds) = (0u64, 0f64);
+    for object in bill.objects() {
+        let key = &object.key;
+        let (reader, fetcher) = match fetch::spawn(ctx.source.clone(), object.clone()) {
+            Ok(f) => f,
+            Err(e) => {
+                failed = Some((e, false));
+                break;
             }
-            decode_time += started.elapsed().saturating_sub(waiting);
-            Ok(())
-        });
+        };
+        let unpacked =
+            unpack::for_each_member(reader, key, &opts.limits, &spill, &mut |name, input| {
+                let started = Instant::now();
+                let decoder =
+                    CsvDecoder::new(input, name, schema, decode_options.clone(), mapped.as_ref())
+                        .map_err(|e| member_error(name, key, e))?;
+                fault_point("fetch");
+                let layout = decoder.layout().clone();
+                let sink = match &mut sink {
+                    Some(s) if s.schema != layout.schema => {
+                        return Err(Error::Rejected(format!(
+                            "{name}: its columns differ from the first CSV member's"
+                        )))
+                    }
+                    Some(s) => s,
+                    None => {
+                        let check = CheckContext {
+                            file: FileContext {
+                                name_period: month_bounds(&bill.unit.month, ctx.period_offset_secs),
+                            },
+                            column_versions: ctx.column_versions.clone(),
+                            mode: CheckMode::Load,
+                        };
+                        let (validator, header_notes) = Validator::new(
+                            schema,
+                            &layout,
+                            &[&part.period_column, &part.account_column],
+                            &ctx.profile,
+                            &check,
+                        )?;
+                        notes.extend(header_notes.notes);
+                        rule_counts.extend(header_notes.rules);
+                        let writer = PartitionedWriter::new(
+                            ctx.lake.staging(),
+                            &stem,
+                            layout.schema.clone(),
+                            &part.period_column,
+                            &part.account_column,
+                            ctx.period_offset_secs,
+                            opts.write.clone(),
+                        )?;
+                        let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+                        let writer = spawn_writer(writer, rx)?;
+                        sink.insert(Sink {
+                            schema: layout.schema.clone(),
+                            validator,
+                            tx,
+                            writer,
+                        })
+                    }
+                };
+                let mut waiting = std::time::Duration::ZERO;
+                for item in decoder {
+                    let decoded = item.map_err(|e| member_error(name, key, e))?;
+                    let mut problems = decoded.problems;
+                    let kept = sink.validator.check(
+                        decoded.batch,
+                        &decoded.findings,
+                        &mut problems,
+                        &mut rule_counts,
+                        &mut tally,
+                    )?;
+                    quarantine.add(name, &problems)?;
+                    if bill.accounts == Accounts::One {
+                        same_account(&kept, &part.account_column, &bill.unit.account)?;
+                    }
+                    let t = Instant::now();
+                    if kept.num_rows() > 0 && sink.tx.send(kept).is_err() {
+                        return Err(Error::Rejected("the writer stopped".into()));
+                        // its error wins below
+                    }
+                    waiting += t.elapsed();
+                    fault_point("write");
+                }
+                decode_time += started.elapsed().saturating_sub(waiting);
+                Ok(())
+            });
+        let fetched = fetcher
+            .join()
+            .map_err(|_| Error::Rejected("the fetch thread panicked".into()))
+            .and_then(|r| r);
+        match (fetched, unpacked) {
+            // A broken download explains best; it may be worth another try.
+            (Err(e), _) => {
+                failed = Some((fetch_failure(e), true));
+                break;
+            }
+            (Ok(f), Ok(member_notes)) => {
+                bytes_read += f.bytes;
+                fetch_seconds += f.seconds;
+                notes.extend(member_notes);
+            }
+            (Ok(_), Err(e)) => {
+                failed = Some((e, false));
+                break;
+            }
+        }
+    }
     // Close the writer and collect everything, then decide which error (if any) explains best:
     // a broken download, then the writer's own error, then the decoder's.
     let written = match sink {
@@ -635,10 +685,6 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         }
         None => None,
     };
-    let fetched = fetcher
-        .join()
-        .map_err(|_| Error::Rejected("the fetch thread panicked".into()))
-        .and_then(|r| r);
     let discard = |written: &Option<Written>| {
         if let Some(Ok((parts, _))) = written {
             for p in parts {
@@ -647,22 +693,13 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         }
         let _ = std::fs::remove_file(&quarantine_path);
     };
-    let fetched = match (fetched, &unpacked) {
-        (Err(e), _) => {
-            discard(&written);
-            return Err(fetch_failure(e));
-        }
-        (Ok(f), Ok(_)) => f,
-        (Ok(_), Err(_)) => {
-            discard(&written);
-            if let Some(Err(e)) = written {
-                return Err(e);
-            }
-            return Err(unpacked
-                .err()
-                .unwrap_or_else(|| Error::Rejected("unknown".into())));
-        }
-    };
+    if let Some((e, from_fetch)) = failed {
+        discard(&written);
+        return Err(match (from_fetch, written) {
+            (false, Some(Err(writer))) => writer,
+            _ => e,
+        });
+    }
     let (parts, write_seconds) = match written {
         Some(Ok(w)) => w,
         Some(Err(e)) => {
@@ -671,7 +708,6 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         }
         None => (Vec::new(), 0.0),
     };
-    notes.extend(unpacked.unwrap_or_default());
     let (problems, recorded) = quarantine.finish()?;
     // The writer's own sums are the lake's: they must be what the checks let through.
     let written_cost: i128 = parts.iter().map(|p| p.billed_cost).sum();
@@ -702,10 +738,10 @@ fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<St
         tally,
         problems,
         notes,
-        bytes_read: fetched.bytes,
+        bytes_read,
         rules: rule_counts,
         stages: StageSeconds {
-            fetch: fetched.seconds,
+            fetch: fetch_seconds,
             decode: decode_time.as_secs_f64(),
             write: write_seconds,
             commit: 0.0,
@@ -874,6 +910,7 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
     ledger.record(LedgerEntry {
         unit: bill.unit.clone(),
         source: bill.object.clone(),
+        parts: bill.other_parts.clone(),
         family: bill.family.clone(),
         rank: bill.rank.clone(),
         outputs: outputs.clone(),
