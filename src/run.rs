@@ -17,6 +17,13 @@
 //! A crash before 1 leaves the lake as it was (staging is cleared by the next run); a crash
 //! after 1 leaves whole new files in place and the old ledger entry, so the next run reloads
 //! the same object and rewrites the same paths.
+//!
+//! A failure while one object is read, staged or published is that object's rejection and the
+//! run goes on: every output path is checked before the first publish, and files published at
+//! paths the unit did not have before are removed again (`unpublish`), so no partition file is
+//! left without a ledger entry. Only what concerns the whole lake stops the run: listing, the
+//! ledger write, a lost lock (the lake refuses writes then), or a failure after a previous file
+//! of the unit was already replaced — the crash case above.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -475,7 +482,7 @@ fn load_snapshot(
     opts: &RunOptions,
     entry: &mut ObjectReport,
 ) -> Result<()> {
-    let staged = read_snapshot(ctx, bill, opts)?;
+    let staged = read_snapshot(ctx, bill, opts).map_err(|e| object_failure(ctx, e))?;
     entry.bytes_read = staged.bytes_read;
     entry.notes = staged.notes.clone();
     entry.problems = staged.problems.clone();
@@ -856,11 +863,70 @@ fn fetch_failure(e: Error) -> Error {
     }
 }
 
+/// Reading an object into staging concerns that object alone: whatever fails there (a staged
+/// file that cannot be written, a Parquet or Arrow error, a mapping that does not fit) rejects
+/// it, and the run goes on. A broken-off download stays retryable. A run that lost the lake's
+/// lock stops: its staging folder may be gone because the new owner cleared it.
+fn object_failure(ctx: &Context, e: Error) -> Error {
+    if let Err(lost) = ctx.lake.fence().check("the lake") {
+        return lost;
+    }
+    match e {
+        Error::Rejected(_) | Error::Fetch(_) | Error::Locked(_) => e,
+        other => Error::Rejected(other.to_string()),
+    }
+}
+
+/// Publishing failed with `e` after the files `done` were published. Staged files are removed,
+/// and so are published files at paths the unit's previous snapshot did not have. If that
+/// leaves the lake as it was, the object is rejected and the run goes on; if a file of the
+/// previous snapshot was already replaced (or the lock is lost), the lake is where a crash at
+/// this point would leave it — the old ledger entry, so the next run reloads the object — and
+/// the run stops.
+fn unpublish(
+    ctx: &Context,
+    previous: Option<&LedgerEntry>,
+    done: &[OutputFile],
+    staged: &Staged,
+    e: Error,
+) -> Error {
+    for p in &staged.parts {
+        let _ = std::fs::remove_file(&p.staged);
+    }
+    if let Some((path, _)) = &staged.quarantine {
+        let _ = std::fs::remove_file(path);
+    }
+    if matches!(e, Error::Locked(_)) {
+        return e;
+    }
+    let was_there = |path: &str| previous.is_some_and(|p| p.outputs.iter().any(|o| o.path == path));
+    let mut restored = true;
+    for o in done.iter().filter(|o| !was_there(&o.path)) {
+        restored &= ctx.lake.delete(&o.path).is_ok();
+    }
+    if restored && !done.iter().any(|o| was_there(&o.path)) {
+        Error::Rejected(format!("publishing it failed, the lake is unchanged: {e}"))
+    } else {
+        e
+    }
+}
+
 /// Publishes a staged snapshot and records it in the ledger (see the module docs).
 fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectReport) -> Result<()> {
     let stem = bill.unit.file_stem();
     let scale = ctx.pipeline.schema.decimal_scale;
     let previous = lock_ledger(&ctx.ledger)?.get(&bill.unit).cloned();
+    let quarantine_rel = format!("{QUARANTINE_DIR}/{stem}.csv");
+    // Every path is checked before anything is published: one the lake cannot hold (a name
+    // too long) rejects the object, with the lake untouched.
+    let mut paths = staged
+        .parts
+        .iter()
+        .map(|p| format!("{}/{stem}.parquet", p.partition.dir()))
+        .chain(std::iter::once(quarantine_rel.clone()));
+    if let Err(e) = paths.try_for_each(|rel| ctx.lake.check_path(&rel)) {
+        return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
+    }
     let mut outputs = Vec::new();
     let mut total_cost: i128 = 0;
     let mut rows = 0;
@@ -872,7 +938,9 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
             ));
         }
         let rel = format!("{}/{stem}.parquet", part.partition.dir());
-        ctx.lake.publish(&part.staged, &rel)?;
+        if let Err(e) = ctx.lake.publish(&part.staged, &rel) {
+            return Err(unpublish(ctx, previous.as_ref(), &outputs, &staged, e));
+        }
         fault_point("publish");
         total_cost += part.billed_cost;
         rows += part.rows;
@@ -883,10 +951,11 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
             bytes: part.bytes,
         });
     }
-    let quarantine_rel = format!("{QUARANTINE_DIR}/{stem}.csv");
     let (quarantine, rows_quarantined) = match &staged.quarantine {
         Some((path, n)) => {
-            ctx.lake.publish(path, &quarantine_rel)?;
+            if let Err(e) = ctx.lake.publish(path, &quarantine_rel) {
+                return Err(unpublish(ctx, previous.as_ref(), &outputs, &staged, e));
+            }
             (Some(quarantine_rel.clone()), *n)
         }
         None => {
