@@ -1,6 +1,7 @@
 //! The snapshot invariant, generated: for random delivery sequences over 3 accounts × 2 months
-//! (FOCUS dailies and finals, native bill packs, re-pushes under the same key, late older
-//! dailies, copies under another prefix, unreadable files), after every delivery the
+//! (FOCUS dailies and finals, finals in parts, native bill packs, re-pushes under the same key
+//! — of whole files and of single parts — late older dailies, copies under another prefix,
+//! unreadable files), after every delivery the
 //! incremental lake equals a fresh load of the bucket, and both equal the totals of the
 //! snapshot each unit should show — computed here from what was delivered, not by billpipe.
 //!
@@ -49,6 +50,37 @@ struct Delivered {
     modified: u64,
     /// Rows and BilledCost it holds; `None` when it is unreadable (must be rejected).
     totals: Option<(u64, Decimal)>,
+    /// For a part of a snapshot in parts: the snapshot it belongs to.
+    part_of: Option<String>,
+}
+
+/// The Tencent pipeline plus a family of finals delivered in numbered parts (`…-202511_2.csv`).
+fn parts_pipeline(dir: &Path) -> String {
+    let mut text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tencent.toml"),
+    )
+    .unwrap();
+    text.push_str(
+        r#"
+[[family]]
+name = "focus-monthly-numbered"
+unit = "tencent"
+pattern = 'FOCUS-bill_details-(?P<account>\d+)-(?P<month>\d{6})_(?P<part>\d+)\.csv'
+snapshot = "final"
+"#,
+    );
+    let path = dir.join("parts.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Rows and BilledCost of a CSV held in memory.
+fn totals_of(bytes: &[u8]) -> (u64, Decimal) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("part.csv");
+    std::fs::write(&f, bytes).unwrap();
+    let t = csv_totals(&f);
+    (t.rows, t.billed.normalize())
 }
 
 fn options(account: &str, month: &str, through: Option<u32>, seed: u64) -> GenerateOptions {
@@ -84,29 +116,60 @@ fn e8(v: i128) -> Decimal {
 /// Which snapshot each unit should show: the highest rank (final over daily, later daily over
 /// earlier), then the newest delivery, then the smaller key; unreadable objects do not count.
 fn expected(bucket: &BTreeMap<String, Delivered>) -> BTreeMap<(String, String), (u64, Decimal)> {
-    let mut best: BTreeMap<(String, String), (&String, &Delivered)> = BTreeMap::new();
+    // Candidates: every readable single object, and every snapshot in parts as one (its
+    // totals summed, delivered when its last part was, keyed by its first part).
+    struct Candidate {
+        unit: (String, String),
+        rank: (u8, String),
+        modified: u64,
+        key: String,
+        totals: (u64, Decimal),
+    }
     let rank = |d: &Delivered| match &d.daily {
         None => (1, String::new()),
         Some(date) => (0, date.clone()),
     };
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut groups: BTreeMap<String, Candidate> = BTreeMap::new();
     for (key, d) in bucket {
-        if d.totals.is_none() {
-            continue;
+        let Some(totals) = d.totals else { continue };
+        let c = Candidate {
+            unit: (d.month.clone(), d.account.clone()),
+            rank: rank(d),
+            modified: d.modified,
+            key: key.clone(),
+            totals,
+        };
+        match &d.part_of {
+            None => candidates.push(c),
+            Some(group) => match groups.get_mut(group) {
+                None => {
+                    groups.insert(group.clone(), c);
+                }
+                Some(g) => {
+                    g.modified = g.modified.max(c.modified);
+                    g.key = g.key.clone().min(c.key);
+                    g.totals = (g.totals.0 + c.totals.0, g.totals.1 + c.totals.1);
+                }
+            },
         }
-        let unit = (d.month.clone(), d.account.clone());
-        let better = match best.get(&unit) {
+    }
+    candidates.extend(groups.into_values());
+    let mut best: BTreeMap<(String, String), Candidate> = BTreeMap::new();
+    for c in candidates {
+        let better = match best.get(&c.unit) {
             None => true,
-            Some((k, b)) => {
-                (rank(d), d.modified, std::cmp::Reverse(key.as_str()))
-                    > (rank(b), b.modified, std::cmp::Reverse(k.as_str()))
+            Some(b) => {
+                (&c.rank, c.modified, std::cmp::Reverse(c.key.as_str()))
+                    > (&b.rank, b.modified, std::cmp::Reverse(b.key.as_str()))
             }
         };
         if better {
-            best.insert(unit, (key, d));
+            best.insert(c.unit.clone(), c);
         }
     }
     best.into_iter()
-        .map(|(unit, (_, d))| (unit, d.totals.unwrap_or_default()))
+        .map(|(unit, c)| (unit, (c.totals.0, c.totals.1.normalize())))
         .collect()
 }
 
@@ -121,6 +184,9 @@ fn sequence(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
     let src = tempfile::tempdir().unwrap();
     let lake = tempfile::tempdir().unwrap();
+    let conf = tempfile::tempdir().unwrap();
+    let pipeline = parts_pipeline(conf.path());
+    let args = ["--pipeline", pipeline.as_str()];
     let mut bucket: BTreeMap<String, Delivered> = BTreeMap::new();
     let mut log = Vec::new();
     for step in 0..steps {
@@ -149,6 +215,7 @@ fn sequence(seed: u64, steps: usize) {
                     daily: Some(date.to_string()),
                     modified,
                     totals: Some((s.rows, e8(s.billed_cost_e8))),
+                    part_of: None,
                 };
                 (key, body, d)
             }
@@ -164,11 +231,41 @@ fn sequence(seed: u64, steps: usize) {
                     daily: None,
                     modified,
                     totals: Some((s.rows, e8(s.billed_cost_e8))),
+                    part_of: None,
                 };
                 (name, body, d)
             }
             // A native bill pack (a final too), re-pushed under the same key now and then.
-            60..=79 => {
+            // A final in 2 or 3 numbered parts, written at once (earlier parts stay).
+            70..=79 => {
+                let yyyymm = month.replace('-', "");
+                let mut whole = Vec::new();
+                write_focus_csv(&options(account, month, None, content), &mut whole).unwrap();
+                let n = 2 + rng.below(2) as usize;
+                let group = format!("{account}-{yyyymm}");
+                let mut parts = split_csv(&whole, n).into_iter().enumerate().peekable();
+                let mut last = None;
+                while let Some((i, part)) = parts.next() {
+                    let key = format!("FOCUS-bill_details-{account}-{yyyymm}_{}.csv", i + 1);
+                    let d = Delivered {
+                        account: account.into(),
+                        month: month.into(),
+                        daily: None,
+                        modified,
+                        totals: Some(totals_of(&part)),
+                        part_of: Some(group.clone()),
+                    };
+                    if parts.peek().is_none() {
+                        last = Some((key, part, d));
+                    } else {
+                        write_at(src.path(), &key, &part, modified);
+                        log.push(format!("step {step}: {key} ({:?})", d.totals));
+                        bucket.insert(key, d);
+                    }
+                }
+                last.unwrap()
+            }
+            60..=69 => {
                 let yyyymm = month.replace('-', "");
                 let key = format!("{account}-{yyyymm}-by_used_time-bill_pack.zip");
                 let mut csv = Vec::new();
@@ -180,6 +277,7 @@ fn sequence(seed: u64, steps: usize) {
                     daily: None,
                     modified,
                     totals: Some((s.rows, e8(s.billed_cost_e8))),
+                    part_of: None,
                 };
                 (key, zip_of(&[("bill.csv", &csv)]), d)
             }
@@ -197,7 +295,20 @@ fn sequence(seed: u64, steps: usize) {
                     .as_ref()
                     .map(|date| date[6..].parse::<u32>().unwrap() - 1);
                 let opts = options(&old.account, &old.month, through, content);
-                let (body, totals) = if key.ends_with(".zip") {
+                let (body, totals) = if old.part_of.is_some() {
+                    let mut whole = Vec::new();
+                    write_focus_csv(
+                        &GenerateOptions {
+                            through_day: None,
+                            ..opts
+                        },
+                        &mut whole,
+                    )
+                    .unwrap();
+                    let part = split_csv(&whole, 3).remove(0);
+                    let totals = totals_of(&part);
+                    (part, totals)
+                } else if key.ends_with(".zip") {
                     let mut csv = Vec::new();
                     let s = write_detail_csv(&opts, false, &mut csv).unwrap();
                     (
@@ -256,6 +367,7 @@ fn sequence(seed: u64, steps: usize) {
                     daily: Some(date.to_string()),
                     modified,
                     totals: None,
+                    part_of: None,
                 };
                 (key, (broken.join("\r\n") + "\r\n").into_bytes(), d)
             }
@@ -266,7 +378,7 @@ fn sequence(seed: u64, steps: usize) {
         let (out, _) = run_job(
             src.path().to_str().unwrap(),
             lake.path().to_str().unwrap(),
-            &[],
+            &args,
         );
         assert!(
             out.code == 0 || out.code == 3,
@@ -278,7 +390,7 @@ fn sequence(seed: u64, steps: usize) {
         run_job(
             src.path().to_str().unwrap(),
             fresh.path().to_str().unwrap(),
-            &[],
+            &args,
         );
         let want = expected(&bucket);
         let context = || format!("seed {seed} after\n{}\n{}", log.join("\n"), out.stdout);
