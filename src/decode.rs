@@ -391,9 +391,21 @@ pub enum FindingKind {
     /// followed by text after it closed a quoted field. Loaded as written (every lenient
     /// reader reads it so), but not valid CSV.
     StrayQuote,
+    /// A value the mapping's `zero_when` set to 0 (BilledCost on a voucher row): the native
+    /// amount is in the finding, so no money changes without a record.
+    ZeroedByMapping,
 }
 
 impl FindingKind {
+    /// The severity a finding has when the profile says nothing: a breach of the spec is an
+    /// error; a documented rewrite by the mapping is a warning.
+    pub fn default_severity(&self) -> crate::rules::Severity {
+        match self {
+            FindingKind::ZeroedByMapping => crate::rules::Severity::Warning,
+            _ => crate::rules::Severity::Error,
+        }
+    }
+
     pub fn rule_id(&self, column: &str) -> String {
         format!("{self:?}.{column}")
     }
@@ -413,6 +425,9 @@ impl FindingKind {
             ),
             FindingKind::StrayQuote => format!(
                 "{column} holds a quote the CSV is not quoting (a field with a \" must be quoted, the quote doubled)"
+            ),
+            FindingKind::ZeroedByMapping => format!(
+                "{column} set to 0 by the mapping's zero_when (a voucher row: the voucher is already netted out of the rows it paid for); the native amount is the finding's value"
             ),
         }
     }
@@ -754,7 +769,19 @@ impl<R: Read> CsvDecoder<R> {
         arrays.push(Arc::new(keys.finish()));
         arrays.push(Arc::new(lines.finish()));
         for (target, when, equals) in &self.layout.zero_when {
-            arrays[*target] = zero_where(&arrays[*target], &arrays[*when], equals)?;
+            let (zeroed, changed) = zero_where(&arrays[*target], &arrays[*when], equals)?;
+            arrays[*target] = zeroed;
+            let line_of = |row: usize| lines_of(&arrays, row);
+            for (row, native) in changed {
+                findings.push(Finding {
+                    row,
+                    line: line_of(row),
+                    column: *target,
+                    value: format_decimal(native, self.scale),
+                    kind: FindingKind::ZeroedByMapping,
+                    detail: String::new(),
+                });
+            }
         }
         let batch = RecordBatch::try_new(self.layout.schema.clone(), arrays)?;
         Ok(Some(DecodedBatch {
@@ -1263,18 +1290,27 @@ fn resolve<'a>(
     }
 }
 
-/// `column` with 0 wherever `when` equals `equals` (BilledCost on Credit rows).
-fn zero_where(column: &ArrayRef, when: &ArrayRef, equals: &str) -> Result<ArrayRef> {
+/// `column` with 0 wherever `when` equals `equals` (BilledCost on Credit rows), and the rows
+/// whose value that changed, with the value they had.
+fn zero_where(
+    column: &ArrayRef,
+    when: &ArrayRef,
+    equals: &str,
+) -> Result<(ArrayRef, Vec<(usize, i128)>)> {
     use arrow_array::{Array, Decimal128Array};
     let (Some(values), Some(flags)) = (
         column.as_any().downcast_ref::<Decimal128Array>(),
         when.as_any().downcast_ref::<StringArray>(),
     ) else {
-        return Ok(column.clone());
+        return Ok((column.clone(), Vec::new()));
     };
+    let mut changed = Vec::new();
     let zeroed: Decimal128Array = (0..values.len())
         .map(|i| {
             if flags.is_valid(i) && flags.value(i) == equals {
+                if values.is_valid(i) && values.value(i) != 0 {
+                    changed.push((i, values.value(i)));
+                }
                 Some(0)
             } else if values.is_valid(i) {
                 Some(values.value(i))
@@ -1283,10 +1319,16 @@ fn zero_where(column: &ArrayRef, when: &ArrayRef, equals: &str) -> Result<ArrayR
             }
         })
         .collect();
-    Ok(Arc::new(zeroed.with_precision_and_scale(
-        values.precision(),
-        values.scale(),
-    )?))
+    let zeroed = zeroed.with_precision_and_scale(values.precision(), values.scale())?;
+    Ok((Arc::new(zeroed), changed))
+}
+
+/// The source line of row `row` (the lineage column is the last array).
+fn lines_of(arrays: &[ArrayRef], row: usize) -> u64 {
+    arrays
+        .last()
+        .and_then(|a| a.as_any().downcast_ref::<arrow_array::Int64Array>())
+        .map_or(0, |l| l.value(row) as u64)
 }
 
 enum Builder {

@@ -289,7 +289,7 @@ impl Validator {
                 let schema = batch.schema();
                 let column = schema.field(f.column).name();
                 let id = f.kind.rule_id(column);
-                let mut severity = self.profile.severity_of(&id, Severity::Error);
+                let mut severity = self.profile.severity_of(&id, f.kind.default_severity());
                 // A cell loaded as null is never silent, whatever the profile says.
                 if matches!(f.kind, FindingKind::Type | FindingKind::Mapping)
                     && severity == Severity::Off

@@ -424,3 +424,41 @@ fn unknown_transaction_type_keeps_the_row() {
         .unwrap()
         .contains("Mystery fee"));
 }
+
+/// The mapping's one rewrite — BilledCost 0 on voucher (Credit) rows of native bills — is never
+/// silent: every such row is counted under `ZeroedByMapping.BilledCost` with its native amount.
+#[test]
+fn voucher_rows_zeroed_by_the_mapping_are_counted_with_their_amount() {
+    let opts = GenerateOptions {
+        month: "2025-11".into(),
+        ..options(None, false, vec![])
+    };
+    let mut csv_bytes = Vec::new();
+    let stats = write_detail_csv(&opts, false, &mut csv_bytes).unwrap();
+    assert!(stats.voucher_rows > 0);
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path()
+            .join(format!("{A}-202511-by_used_time-bill_details.zip")),
+        zip_of(&[("bill.csv", csv_bytes.as_slice())]),
+    )
+    .unwrap();
+    let (out, report) = load(&src, &lake, &[]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let rule = &the_object(&report, "bill_details")["rules"]["ZeroedByMapping.BilledCost"];
+    assert_eq!(rule["count"], stats.voucher_rows, "{rule:#}");
+    assert_eq!(rule["severity"], "warning");
+    assert!(
+        rule["examples"][0].as_str().unwrap().starts_with("line "),
+        "{rule:#}"
+    );
+    let got = partition(&local_lake_sums(lake.path()), "2025-11").clone();
+    assert_eq!(
+        got,
+        (
+            stats.rows,
+            Decimal::from_i128_with_scale(stats.billed_cost_e8, 8)
+        )
+    );
+}
