@@ -453,7 +453,7 @@ fn voucher_rows_zeroed_by_the_mapping_are_counted_with_their_amount() {
         rule["examples"][0].as_str().unwrap().starts_with("line "),
         "{rule:#}"
     );
-    let got = partition(&local_lake_sums(lake.path()), "2025-11").clone();
+    let got = *partition(&local_lake_sums(lake.path()), "2025-11");
     assert_eq!(
         got,
         (
