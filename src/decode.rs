@@ -343,11 +343,45 @@ fn mapped_source(focus: &str, header: &[String], m: &MappedInput, used: &mut [bo
     if let Some(v) = mapping.constants.get(focus) {
         return Source::Constant(v.clone().into_bytes());
     }
-    match focus {
-        "BillingPeriodStart" => Source::Constant(m.period.0.clone().into_bytes()),
-        "BillingPeriodEnd" => Source::Constant(m.period.1.clone().into_bytes()),
-        _ => Source::Absent,
+    let bound = match focus {
+        "BillingPeriodStart" => 0,
+        "BillingPeriodEnd" => 1,
+        _ => return Source::Absent,
+    };
+    // The row's own billing month when the file has it (the native column stays an x_ column
+    // too), else the month the file's name gives.
+    if let Some(field) = Mapping::find(header, &mapping.billing_month) {
+        return Source::Table {
+            field,
+            native: header[field].clone(),
+            values: Arc::new(month_bounds_table(&mapping.time_offset, bound)),
+        };
     }
+    let period = if bound == 0 { &m.period.0 } else { &m.period.1 };
+    Source::Constant(period.clone().into_bytes())
+}
+
+/// `YYYY-MM` and `YYYYMM` (as `mapping::normalise` keys them) of the months 2000-2099, each to
+/// its start (`bound` 0) or exclusive end (1) as UTC text, the month read at `offset`.
+fn month_bounds_table(offset: &str, bound: usize) -> HashMap<String, Vec<u8>> {
+    let offset_secs = parse_offset(offset).unwrap_or(0);
+    let mut table = HashMap::with_capacity(2 * 100 * 12);
+    for y in 2000..2100 {
+        for mo in 1..=12u32 {
+            let month = format!("{y:04}-{mo:02}");
+            let Some(bounds) = crate::rules::month_bounds(&month, offset_secs) else {
+                continue;
+            };
+            let micros = if bound == 0 { bounds.0 } else { bounds.1 };
+            let Some(t) = chrono::DateTime::from_timestamp_micros(micros) else {
+                continue;
+            };
+            let text = t.format("%Y-%m-%dT%H:%M:%SZ").to_string().into_bytes();
+            table.insert(mapping::normalise(&format!("{y:04}{mo:02}")), text.clone());
+            table.insert(mapping::normalise(&month), text);
+        }
+    }
+    table
 }
 
 /// Output of one decode step: loaded rows and the rows set aside.

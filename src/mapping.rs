@@ -60,6 +60,12 @@ pub struct Mapping {
     pub zero_when: Vec<ZeroWhen>,
     #[serde(default)]
     pub unavailable: Vec<String>,
+    /// Native columns (aliases) holding the row's own billing month (`YYYY-MM` or `YYYYMM`).
+    /// Where the file has one, BillingPeriodStart/End come from it rather than from the file's
+    /// name, so a row of another month is seen as such (and held out: it cannot be placed in
+    /// this file's snapshot); a value that is not a month leaves the row unplaceable.
+    #[serde(default)]
+    pub billing_month: Vec<String>,
 }
 
 const EMBEDDED: &[(&str, &str)] = &[
@@ -117,6 +123,9 @@ impl Mapping {
             if !self.unavailable.contains(&u) {
                 self.unavailable.push(u);
             }
+        }
+        if !top.billing_month.is_empty() {
+            self.billing_month = top.billing_month;
         }
         Mapping {
             name: top.name,
