@@ -298,6 +298,9 @@ impl Pipeline {
                 },
                 rank,
                 part: caps.name("part").map(|p| p.as_str().to_string()),
+                part_signature: caps.name("part").map(|p| {
+                    format!("{}{{part}}{}", &obj.key[..p.start()], &obj.key[p.end()..])
+                }),
                 other_parts: Vec::new(),
             }));
         }
@@ -465,6 +468,10 @@ pub struct BillFile {
     /// (`…-00001.csv.gz`, `…_2.csv`): objects of one unit, rank and folder with different
     /// parts are one snapshot.
     pub part: Option<String>,
+    /// For a part: its key with the part number blanked out (`…-{part}-20251203.csv`). Parts
+    /// of one snapshot share it; two downloads of the same parts (another date or copy suffix
+    /// elsewhere in the name) do not, so they are two snapshots, never one with doubled parts.
+    pub part_signature: Option<String>,
     /// Set by the plan on the object that leads a multi-part snapshot: the other parts, in
     /// part order, loaded and replaced together with it.
     pub other_parts: Vec<ObjectInfo>,

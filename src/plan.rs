@@ -111,12 +111,32 @@ pub fn plan(
             }),
         }
     }
+    let listed: std::collections::HashMap<&str, (&str, u64)> = listing
+        .iter()
+        .map(|o| (o.key.as_str(), (o.etag.as_str(), o.size)))
+        .collect();
     for (unit, bills) in by_unit {
         // Parts of one delivery become one snapshot, led by its first part; best first.
         let mut snapshots = group_parts(bills);
         snapshots.sort_by(|a, b| Delivery::of(&b[0]).cmp(&Delivery::of(&a[0])));
-        let loaded = ledger.get(&unit);
+        // The loaded snapshot competes only while the bucket still holds it as it was loaded:
+        // a copy re-delivered with other content, or deleted, is no longer what the lake shows,
+        // and a fresh load of the bucket would not pick it (it is then replaced by the best
+        // snapshot the bucket holds, like any unit whose snapshot is gone).
+        let recorded = ledger.get(&unit);
+        let loaded = recorded.filter(|l| {
+            std::iter::once(&l.source)
+                .chain(l.parts.iter())
+                .all(|o| listed.get(o.key.as_str()) == Some(&(o.etag.as_str(), o.size)))
+        });
         let best = &snapshots[0][0];
+        let same_snapshot = |l: &crate::ledger::LedgerEntry, b: &BillFile| {
+            let loaded: Vec<&str> = std::iter::once(&l.source)
+                .chain(l.parts.iter())
+                .map(|o| o.key.as_str())
+                .collect();
+            b.objects().any(|o| loaded.contains(&o.key.as_str()))
+        };
         let unchanged = |l: &crate::ledger::LedgerEntry, lead: &BillFile| {
             let mut had: Vec<(&str, &str, u64)> = std::iter::once(&l.source)
                 .chain(l.parts.iter())
@@ -131,10 +151,34 @@ pub fn plan(
             had == has
         };
         let (action, reason) = match loaded {
-            None => (
-                Action::Ingest,
-                format!("first snapshot of {unit} ({})", best.rank),
+            None if recorded.is_some_and(|r| r.reset) => (
+                Action::Replace,
+                format!("reload requested by `state reset` ({})", best.rank),
             ),
+            None if recorded.is_some() && options.force => (
+                Action::Replace,
+                format!("reload forced by --force ({})", best.rank),
+            ),
+            None => match recorded {
+                None => (
+                    Action::Ingest,
+                    format!("first snapshot of {unit} ({})", best.rank),
+                ),
+                Some(r) if same_snapshot(r, best) => (
+                    Action::Replace,
+                    format!(
+                        "re-delivered (the loaded {} changed, or a part of it was added or removed) - replaces its earlier load",
+                        r.source.key
+                    ),
+                ),
+                Some(r) => (
+                    Action::Replace,
+                    format!(
+                        "the loaded {} ({}) is no longer in the bucket as it was loaded: the best snapshot there ({}) replaces it",
+                        r.rank, r.source.key, best.rank
+                    ),
+                ),
+            },
             Some(l) if l.reset => (
                 Action::Replace,
                 format!("reload requested by `state reset` ({})", best.rank),
@@ -146,7 +190,7 @@ pub fn plan(
                     best.rank, l.rank
                 ),
             ),
-            Some(l) if l.source.key == best.object.key => {
+            Some(l) if same_snapshot(l, best) => {
                 if unchanged(l, best) {
                     (Action::Skip, "unchanged since it was loaded".to_string())
                 } else if best.other_parts.is_empty() && l.parts.is_empty() {
@@ -251,7 +295,8 @@ pub fn plan(
 }
 
 /// Groups a unit's bill files into snapshots: files whose family declares a `part` and that
-/// share rank, family and folder are the parts of one snapshot (sorted by part, numerically
+/// share rank, family and the rest of their key (folder included) are the parts of one
+/// snapshot (sorted by part, numerically
 /// where the parts are numbers); every other file is a snapshot on its own.
 fn group_parts(bills: Vec<BillFile>) -> Vec<Vec<BillFile>> {
     let mut groups: BTreeMap<(String, String, String), Vec<BillFile>> = BTreeMap::new();
@@ -261,13 +306,8 @@ fn group_parts(bills: Vec<BillFile>) -> Vec<Vec<BillFile>> {
             singles.push(vec![bill]);
             continue;
         }
-        let folder = bill
-            .object
-            .key
-            .rsplit_once('/')
-            .map_or("", |(d, _)| d)
-            .to_string();
-        let group = (format!("{:?}", bill.rank), bill.family.clone(), folder);
+        let signature = bill.part_signature.clone().unwrap_or_default();
+        let group = (format!("{:?}", bill.rank), bill.family.clone(), signature);
         groups.entry(group).or_default().push(bill);
     }
     for parts in groups.values_mut() {
@@ -415,10 +455,16 @@ mod tests {
         );
         loaded(&mut ledger, &p, &obj(M, "m"));
         // A late older daily after the monthly is superseded.
-        let late = vec![obj(D1, "a")];
+        let late = vec![obj(D1, "a"), obj(M, "m")];
         let (a, why) = action_of(&plan(&p, &late, &ledger, &none), D1);
         assert_eq!(a, Action::Skip);
         assert!(why.contains("superseded"), "{why}");
+        // ...but once the monthly is gone from the bucket, the lake follows the bucket (as a
+        // fresh load would): the daily replaces it.
+        let gone = vec![obj(D1, "a")];
+        let (a, why) = action_of(&plan(&p, &gone, &ledger, &none), D1);
+        assert_eq!(a, Action::Replace);
+        assert!(why.contains("no longer in the bucket"), "{why}");
         // --force reloads the best snapshot even though it is unchanged.
         let force = PlanOptions {
             force: true,

@@ -911,6 +911,29 @@ fn unpublish(
     }
 }
 
+/// A partition holds the snapshot of one unit. Another unit's file there is the same account
+/// and month delivered twice — a reseller's consolidated bill and the customer's own bill in
+/// one lake — and publishing beside it would count that money twice: the object is rejected,
+/// naming both, and the lake keeps what it had.
+fn no_other_unit_there(ctx: &Context, staged: &Staged, stem: &str) -> Result<()> {
+    let own = format!("{stem}.parquet");
+    for part in &staged.parts {
+        let dir = format!("{}/", part.partition.dir());
+        let other = ctx
+            .lake
+            .list(&dir)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .find(|path| path.ends_with(".parquet") && !path.ends_with(&format!("/{own}")));
+        if let Some(other) = other {
+            return Err(Error::Rejected(format!(
+                "partition {dir} already holds {other}, a snapshot of another unit for the same account and month (a reseller's consolidated bill and the customer's own bill in one lake?); publishing {own} beside it would count that money twice — load such bills into separate lakes"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Publishes a staged snapshot and records it in the ledger (see the module docs).
 fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectReport) -> Result<()> {
     let stem = bill.unit.file_stem();
@@ -925,6 +948,9 @@ fn commit(ctx: &Context, bill: &BillFile, staged: Staged, entry: &mut ObjectRepo
         .map(|p| format!("{}/{stem}.parquet", p.partition.dir()))
         .chain(std::iter::once(quarantine_rel.clone()));
     if let Err(e) = paths.try_for_each(|rel| ctx.lake.check_path(&rel)) {
+        return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
+    }
+    if let Err(e) = no_other_unit_there(ctx, &staged, &stem) {
         return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
     }
     let mut outputs = Vec::new();

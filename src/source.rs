@@ -136,10 +136,11 @@ impl LocalSource {
                 key,
                 size: meta.len(),
                 etag: format!("{:x}-{:x}", meta.len(), nanos),
+                // Microseconds: among same-rank snapshots the newest delivery wins, and files
+                // written within one second must still be told apart.
                 last_modified: modified.map(|m| {
                     chrono::DateTime::<chrono::Utc>::from(m)
-                        .format("%Y-%m-%dT%H:%M:%SZ")
-                        .to_string()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
                 }),
             });
         }

@@ -441,3 +441,57 @@ fn failed_runs_write_their_report_and_endpoints_keep_no_secrets() {
     let report_text = std::fs::read_to_string(&report).unwrap();
     assert!(!report_text.contains("topsecret"), "{report_text}");
 }
+
+/// A reseller's consolidated bill and a customer's own bill for the same month are two units
+/// writing one partition: the second to arrive is rejected, naming the first, so the
+/// customer's money is never counted twice.
+#[test]
+fn a_consolidated_bill_and_a_customers_own_bill_never_double_count() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let (c1, c2) = ("300000000001", "300000000002");
+    let detail = |account: &str, seed: u64| {
+        let mut csv = Vec::new();
+        let s =
+            write_detail_csv(&options(account, "2025-11", None, seed), false, &mut csv).unwrap();
+        (
+            csv,
+            (
+                s.rows,
+                Decimal::from_i128_with_scale(s.billed_cost_e8, 8).normalize(),
+            ),
+        )
+    };
+    let (a, a_sum) = detail(c1, 1);
+    let (b, b_sum) = detail(c2, 2);
+    let header_end = b.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let mut both = a.clone();
+    both.extend_from_slice(&b[header_end..]);
+    put(
+        src.path(),
+        "500000000009-2025-11--by_used_time-bill-details-consolidated_bill-abc123.zip",
+        &zip_of(&[("all.csv", &both)]),
+        100,
+    );
+    let (out, _) = step(src.path(), lake.path(), &[]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    // C1's own bill arrives too.
+    let own = format!("{c1}-202511-by_used_time-bill_details.zip");
+    put(src.path(), &own, &zip_of(&[("bill.csv", &a)]), 200);
+    let (out, report) = run_job(
+        src.path().to_str().unwrap(),
+        lake.path().to_str().unwrap(),
+        &[],
+    );
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    let (what, why) = outcome(&report, &own);
+    assert_eq!(what, "reject");
+    assert!(why.contains("would count that money twice"), "{why}");
+    let sums = sums_of(lake.path());
+    assert_eq!(
+        sums[&("2025-11".to_string(), c1.to_string())],
+        a_sum,
+        "C1 once"
+    );
+    assert_eq!(sums[&("2025-11".to_string(), c2.to_string())], b_sum);
+}
