@@ -298,9 +298,9 @@ impl Pipeline {
                 },
                 rank,
                 part: caps.name("part").map(|p| p.as_str().to_string()),
-                part_signature: caps.name("part").map(|p| {
-                    format!("{}{{part}}{}", &obj.key[..p.start()], &obj.key[p.end()..])
-                }),
+                part_signature: caps
+                    .name("part")
+                    .map(|p| format!("{}{{part}}{}", &obj.key[..p.start()], &obj.key[p.end()..])),
                 other_parts: Vec::new(),
             }));
         }
