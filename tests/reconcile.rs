@@ -309,6 +309,8 @@ fn near_miss_names_are_reported() {
         "FOCUS-bill_details-200020002001-20251205 (1).CSV",
         "FOCUS-bill_details-200020002001-20251232.CSV",
         "100010445724-202511-by_used_time-bill_details.zip.part",
+        // Family patterns match ASCII digits only: a full-width account is not account 115.
+        "FOCUS-bill_details-１１５-20251205.CSV",
     ];
     for n in near {
         std::fs::write(src.path().join(n), b"x").unwrap();
@@ -326,10 +328,10 @@ fn near_miss_names_are_reported() {
         );
     }
     assert!(!out.stdout.contains("NEAR-MISS notes.txt"));
-    assert_eq!(report["totals"]["near_misses"], 4);
+    assert_eq!(report["totals"]["near_misses"], 5);
     assert!(out
         .stdout
-        .contains("4 object(s) look like bills but match no family"));
+        .contains("5 object(s) look like bills but match no family"));
     let plan = billpipe(&[
         "plan",
         "--source",
@@ -343,7 +345,7 @@ fn near_miss_names_are_reported() {
         .lines()
         .filter(|l| l.starts_with("NEAR-MISS"))
         .count();
-    assert_eq!(listed, 4, "{}", plan.stdout);
+    assert_eq!(listed, 5, "{}", plan.stdout);
 }
 
 /// A source with objects of which none is a bill (another provider's export) says so and
