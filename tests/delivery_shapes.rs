@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use billpipe::generate::{object_name, write_detail_csv, write_focus_csv, GenerateOptions};
 use common::*;
@@ -48,27 +48,6 @@ fn detail_zip(account: &str, seed: u64) -> (Vec<u8>, (u64, Decimal)) {
     )
 }
 
-/// Writes `body` at `dir/key` with the given modification time (seconds after a fixed epoch).
-fn put(dir: &Path, key: &str, body: &[u8], modified: u64) {
-    let path = dir.join(key);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, body).unwrap();
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000 + modified);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
-fn sums_of(lake: &Path) -> std::collections::BTreeMap<(String, String), (u64, Decimal)> {
-    local_lake_sums(lake)
-        .into_iter()
-        .map(|(k, (rows, cost))| (k, (rows, cost.normalize())))
-        .collect()
-}
-
 /// Runs `billpipe run` on `src` into `lake`, then checks the incremental lake against a fresh
 /// load of the same folder. Returns the run's output and report.
 fn step(src: &Path, lake: &Path, extra: &[&str]) -> (Output, serde_json::Value) {
@@ -82,8 +61,8 @@ fn step(src: &Path, lake: &Path, extra: &[&str]) -> (Output, serde_json::Value) 
     let fresh = tempfile::tempdir().unwrap();
     run_job(src.to_str().unwrap(), fresh.path().to_str().unwrap(), extra);
     assert_eq!(
-        sums_of(lake),
-        sums_of(fresh.path()),
+        normalized_sums(lake),
+        normalized_sums(fresh.path()),
         "incremental lake != fresh load of the same bucket\n{}",
         out.stdout
     );
@@ -111,33 +90,33 @@ fn among_finals_the_newest_delivery_wins() {
     let nov = ("2025-11".to_string(), A.to_string());
     // The detail monthly is loaded.
     let (monthly, monthly_sum) = detail_zip(A, 1);
-    put(src.path(), &key("bill_details"), &monthly, 100);
+    put_at(src.path(), &key("bill_details"), &monthly, 100);
     step(src.path(), lake.path(), &[]);
-    assert_eq!(sums_of(lake.path())[&nov], monthly_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], monthly_sum);
     // A bill pack for the same month arrives later with restated rows: it replaces the monthly.
     let (pack, pack_sum) = detail_zip(A, 2);
     assert_ne!(pack_sum, monthly_sum);
-    put(src.path(), &key("bill_pack"), &pack, 200);
+    put_at(src.path(), &key("bill_pack"), &pack, 200);
     let (_, report) = step(src.path(), lake.path(), &[]);
     assert_eq!(outcome(&report, &key("bill_pack")).0, "replace");
-    assert_eq!(sums_of(lake.path())[&nov], pack_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], pack_sum);
     // Re-pushed under the same key with other rows: replaces its own load.
     let (repushed, repushed_sum) = detail_zip(A, 3);
-    put(src.path(), &key("bill_pack"), &repushed, 300);
+    put_at(src.path(), &key("bill_pack"), &repushed, 300);
     let (_, report) = step(src.path(), lake.path(), &[]);
     assert_eq!(outcome(&report, &key("bill_pack")).0, "replace");
-    assert_eq!(sums_of(lake.path())[&nov], repushed_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], repushed_sum);
     // An older restated monthly under another prefix does not roll the month back.
     let old_key = format!("restated/{}", key("bill_details"));
-    put(src.path(), &old_key, &detail_zip(A, 4).0, 250);
+    put_at(src.path(), &old_key, &detail_zip(A, 4).0, 250);
     let (_, report) = step(src.path(), lake.path(), &[]);
     assert_eq!(outcome(&report, &old_key).0, "skip");
-    assert_eq!(sums_of(lake.path())[&nov], repushed_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], repushed_sum);
     // ...but a newer one does replace it.
     let (newest, newest_sum) = detail_zip(A, 5);
-    put(src.path(), &old_key, &newest, 400);
+    put_at(src.path(), &old_key, &newest, 400);
     step(src.path(), lake.path(), &[]);
-    assert_eq!(sums_of(lake.path())[&nov], newest_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], newest_sum);
 }
 
 #[test]
@@ -158,7 +137,7 @@ fn rows_of_another_account_reject_the_object() {
         )),
         "{why}"
     );
-    let sums = sums_of(lake.path());
+    let sums = normalized_sums(lake.path());
     let t = csv_totals(&b_file);
     assert_eq!(sums.len(), 1);
     assert_eq!(
@@ -192,7 +171,7 @@ fn a_row_of_another_month_is_held_out_under_every_profile() {
             .find(|o| o["key"] == key)
             .unwrap();
         assert_eq!(o["reconciliation"]["rows_held_out"], 3, "{profile}");
-        let sums = sums_of(lake.path());
+        let sums = normalized_sums(lake.path());
         let t = csv_totals(&november);
         assert_eq!(
             sums[&("2025-11".to_string(), A.to_string())],
@@ -210,7 +189,10 @@ fn an_unreadable_or_much_smaller_file_never_replaces_a_good_snapshot() {
     let day9 = focus(src.path(), &options(A, "2025-12", Some(9), 1));
     let t9 = csv_totals(&day9);
     step(src.path(), lake.path(), &[]);
-    assert_eq!(sums_of(lake.path())[&dec], (t9.rows, t9.billed.normalize()));
+    assert_eq!(
+        normalized_sums(lake.path())[&dec],
+        (t9.rows, t9.billed.normalize())
+    );
 
     // Day 10 with a trailing comma on every line: no row lines up with the header.
     let day10 = focus(src.path(), &options(A, "2025-12", Some(10), 1));
@@ -233,7 +215,10 @@ fn an_unreadable_or_much_smaller_file_never_replaces_a_good_snapshot() {
     let (what, why) = outcome(&report, &key10);
     assert_eq!(what, "reject", "{why}");
     assert!(why.contains("no row of its"), "{why}");
-    assert_eq!(sums_of(lake.path())[&dec], (t9.rows, t9.billed.normalize()));
+    assert_eq!(
+        normalized_sums(lake.path())[&dec],
+        (t9.rows, t9.billed.normalize())
+    );
 
     // Day 10 cut to a handful of rows: under half of what it would replace.
     let text = std::fs::read_to_string(&day9).unwrap();
@@ -248,7 +233,10 @@ fn an_unreadable_or_much_smaller_file_never_replaces_a_good_snapshot() {
     let (what, why) = outcome(&report, &key10);
     assert_eq!(what, "reject", "{why}");
     assert!(why.contains("under half of the"), "{why}");
-    assert_eq!(sums_of(lake.path())[&dec], (t9.rows, t9.billed.normalize()));
+    assert_eq!(
+        normalized_sums(lake.path())[&dec],
+        (t9.rows, t9.billed.normalize())
+    );
     // Accepted on purpose after `state reset`.
     let reset = billpipe(&[
         "state",
@@ -269,7 +257,7 @@ fn an_unreadable_or_much_smaller_file_never_replaces_a_good_snapshot() {
     assert_eq!(out.code, 0, "{}", out.stdout);
     let t10 = csv_totals(&day10);
     assert_eq!(
-        sums_of(lake.path())[&dec],
+        normalized_sums(lake.path())[&dec],
         (t10.rows, t10.billed.normalize())
     );
 }
@@ -309,7 +297,7 @@ fn a_sum_beyond_decimal128_rejects_only_its_object() {
     );
     let t = csv_totals(&good);
     assert_eq!(
-        sums_of(lake.path())[&("2025-12".to_string(), B.to_string())],
+        normalized_sums(lake.path())[&("2025-12".to_string(), B.to_string())],
         (t.rows, t.billed.normalize())
     );
 }
@@ -329,8 +317,8 @@ fn delivery_shapes_from_s3() {
         let fresh = tempfile::tempdir().unwrap();
         run_job(&uri, fresh.path().to_str().unwrap(), extra);
         assert_eq!(
-            sums_of(lake.path()),
-            sums_of(fresh.path()),
+            normalized_sums(lake.path()),
+            normalized_sums(fresh.path()),
             "incremental != fresh\n{}{}",
             out.stdout,
             out.stderr
@@ -352,11 +340,11 @@ fn delivery_shapes_from_s3() {
     put(&key("bill_pack"), pack);
     let (_, report) = run(&extra);
     assert_eq!(outcome(&report, &key("bill_pack")).0, "replace");
-    assert_eq!(sums_of(lake.path())[&nov], pack_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], pack_sum);
     let (repushed, repushed_sum) = detail_zip(A, 3);
     put(&key("bill_pack"), repushed);
     run(&extra);
-    assert_eq!(sums_of(lake.path())[&nov], repushed_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], repushed_sum);
     // 3. A newer final whose rows are all unreadable does not replace it.
     let restated = format!("restated/{}", key("bill_details"));
     let bad = b"Payer Account ID,Total Cost (Including Tax),Transaction Type\r\n1,x,Purchase\r\n";
@@ -364,7 +352,7 @@ fn delivery_shapes_from_s3() {
     let (out, report) = run(&extra);
     assert_eq!(out.code, 3, "{}", out.stdout);
     assert_eq!(outcome(&report, &restated).0, "reject");
-    assert_eq!(sums_of(lake.path())[&nov], repushed_sum);
+    assert_eq!(normalized_sums(lake.path())[&nov], repushed_sum);
     // 4. A file named for A holding B's rows is rejected; B's own file counts once.
     let dir = tempfile::tempdir().unwrap();
     let b_file = focus(dir.path(), &options(B, "2025-12", Some(5), 7));
@@ -386,7 +374,7 @@ fn delivery_shapes_from_s3() {
     assert_eq!(out.code, 3, "{}", out.stdout);
     assert_eq!(outcome(&report, &forged).0, "reject");
     let t = csv_totals(&b_file);
-    let sums = sums_of(lake.path());
+    let sums = normalized_sums(lake.path());
     assert_eq!(
         sums[&("2025-12".to_string(), B.to_string())],
         (t.rows, t.billed.normalize())
@@ -467,7 +455,7 @@ fn a_consolidated_bill_and_a_customers_own_bill_never_double_count() {
     let header_end = b.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
     let mut both = a.clone();
     both.extend_from_slice(&b[header_end..]);
-    put(
+    put_at(
         src.path(),
         "500000000009-2025-11--by_used_time-bill-details-consolidated_bill-abc123.zip",
         &zip_of(&[("all.csv", &both)]),
@@ -477,7 +465,7 @@ fn a_consolidated_bill_and_a_customers_own_bill_never_double_count() {
     assert_eq!(out.code, 0, "{}", out.stdout);
     // C1's own bill arrives too.
     let own = format!("{c1}-202511-by_used_time-bill_details.zip");
-    put(src.path(), &own, &zip_of(&[("bill.csv", &a)]), 200);
+    put_at(src.path(), &own, &zip_of(&[("bill.csv", &a)]), 200);
     let (out, report) = run_job(
         src.path().to_str().unwrap(),
         lake.path().to_str().unwrap(),
@@ -487,7 +475,7 @@ fn a_consolidated_bill_and_a_customers_own_bill_never_double_count() {
     let (what, why) = outcome(&report, &own);
     assert_eq!(what, "reject");
     assert!(why.contains("would count that money twice"), "{why}");
-    let sums = sums_of(lake.path());
+    let sums = normalized_sums(lake.path());
     assert_eq!(
         sums[&("2025-11".to_string(), c1.to_string())],
         a_sum,

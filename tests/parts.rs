@@ -15,11 +15,8 @@ const A: &str = "400000000001";
 
 /// The Tencent pipeline plus two families whose snapshots come in parts.
 fn parts_pipeline(dir: &Path) -> String {
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tencent.toml"),
-    )
-    .unwrap();
-    text.push_str(
+    pipeline_with(
+        dir,
         r#"
 [[family]]
 name = "focus-monthly-parts"
@@ -33,10 +30,7 @@ unit = "tencent"
 pattern = 'FOCUS-bill_details-(?P<account>\d+)-(?P<month>\d{6})_(?P<part>\d+)\.csv'
 snapshot = "final"
 "#,
-    );
-    let path = dir.join("parts.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
+    )
 }
 
 fn month(seed: u64) -> (Vec<u8>, (u64, Decimal)) {

@@ -13,8 +13,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
 
 use billpipe::generate::{object_name, write_detail_csv, write_focus_csv, GenerateOptions};
 use common::*;
@@ -54,26 +52,6 @@ struct Delivered {
     part_of: Option<String>,
 }
 
-/// The Tencent pipeline plus a family of finals delivered in numbered parts (`…-202511_2.csv`).
-fn parts_pipeline(dir: &Path) -> String {
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tencent.toml"),
-    )
-    .unwrap();
-    text.push_str(
-        r#"
-[[family]]
-name = "focus-monthly-numbered"
-unit = "tencent"
-pattern = 'FOCUS-bill_details-(?P<account>\d+)-(?P<month>\d{6})_(?P<part>\d+)\.csv'
-snapshot = "final"
-"#,
-    );
-    let path = dir.join("parts.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
 /// Rows and BilledCost of a CSV held in memory.
 fn totals_of(bytes: &[u8]) -> (u64, Decimal) {
     let dir = tempfile::tempdir().unwrap();
@@ -94,19 +72,6 @@ fn options(account: &str, month: &str, through: Option<u32>, seed: u64) -> Gener
         restated: false,
         gaps: true,
     }
-}
-
-fn write_at(dir: &Path, key: &str, body: &[u8], modified: u64) {
-    let path = dir.join(key);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, body).unwrap();
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000 + modified);
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
 }
 
 fn e8(v: i128) -> Decimal {
@@ -173,19 +138,21 @@ fn expected(bucket: &BTreeMap<String, Delivered>) -> BTreeMap<(String, String), 
         .collect()
 }
 
-fn sums_of(lake: &Path) -> BTreeMap<(String, String), (u64, Decimal)> {
-    local_lake_sums(lake)
-        .into_iter()
-        .map(|(k, (rows, cost))| (k, (rows, cost.normalize())))
-        .collect()
-}
-
 fn sequence(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
     let src = tempfile::tempdir().unwrap();
     let lake = tempfile::tempdir().unwrap();
     let conf = tempfile::tempdir().unwrap();
-    let pipeline = parts_pipeline(conf.path());
+    let pipeline = pipeline_with(
+        conf.path(),
+        r#"
+[[family]]
+name = "focus-monthly-numbered"
+unit = "tencent"
+pattern = 'FOCUS-bill_details-(?P<account>\d+)-(?P<month>\d{6})_(?P<part>\d+)\.csv'
+snapshot = "final"
+"#,
+    );
     let args = ["--pipeline", pipeline.as_str()];
     let mut bucket: BTreeMap<String, Delivered> = BTreeMap::new();
     let mut log = Vec::new();
@@ -258,7 +225,7 @@ fn sequence(seed: u64, steps: usize) {
                     if parts.peek().is_none() {
                         last = Some((key, part, d));
                     } else {
-                        write_at(src.path(), &key, &part, modified);
+                        put_at(src.path(), &key, &part, modified);
                         log.push(format!("step {step}: {key} ({:?})", d.totals));
                         bucket.insert(key, d);
                     }
@@ -372,7 +339,7 @@ fn sequence(seed: u64, steps: usize) {
                 (key, (broken.join("\r\n") + "\r\n").into_bytes(), d)
             }
         };
-        write_at(src.path(), &key, &body, modified);
+        put_at(src.path(), &key, &body, modified);
         log.push(format!("step {step}: {key} ({:?})", d.totals));
         bucket.insert(key, d);
         let (out, _) = run_job(
@@ -395,12 +362,17 @@ fn sequence(seed: u64, steps: usize) {
         let want = expected(&bucket);
         let context = || format!("seed {seed} after\n{}\n{}", log.join("\n"), out.stdout);
         assert_eq!(
-            sums_of(lake.path()),
+            normalized_sums(lake.path()),
             want,
             "incremental lake: {}",
             context()
         );
-        assert_eq!(sums_of(fresh.path()), want, "fresh load: {}", context());
+        assert_eq!(
+            normalized_sums(fresh.path()),
+            want,
+            "fresh load: {}",
+            context()
+        );
     }
 }
 

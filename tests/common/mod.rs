@@ -471,3 +471,40 @@ pub fn valid_focus_row(version: &str) -> Vec<(&'static str, &'static str)> {
     }
     cols
 }
+
+/// Writes `body` at `dir/key` (folders made) with its modification time set `seconds` after a
+/// fixed instant: the delivery order the snapshot rules read from LastModified.
+pub fn put_at(dir: &Path, key: &str, body: &[u8], seconds: u64) {
+    let path = dir.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, body).unwrap();
+    let t =
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_000_000 + seconds);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// [`local_lake_sums`] with the decimals normalised, for comparing lakes with each other.
+pub fn normalized_sums(lake: &Path) -> Sums {
+    local_lake_sums(lake)
+        .into_iter()
+        .map(|(k, (rows, cost))| (k, (rows, cost.normalize())))
+        .collect()
+}
+
+/// The repository's Tencent pipeline with `families` (TOML `[[family]]` tables) appended,
+/// written into `dir`; returns its path for `--pipeline`.
+pub fn pipeline_with(dir: &Path, families: &str) -> String {
+    let mut text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tencent.toml"),
+    )
+    .unwrap();
+    text.push_str(families);
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
