@@ -13,9 +13,12 @@
 //!
 //! A zip keeps its directory at the end, so it is first spilled to a temporary file (never held
 //! in memory), then its members are read in order: every `.csv` member (a large month comes
-//! split into several), `.csv.gz` members inside the zip too; other members are skipped with a
-//! note, and so is the macOS Finder's `__MACOSX/` folder (resource forks named `._x.csv`, not
-//! bills). Member names are never used as paths; a name that tries to climb out of the archive
+//! split into several), `.csv.gz` members inside the zip too. A member with another name is
+//! judged by its first bytes, since money must not hide behind a name: gzip or zstd, or text
+//! whose first line is a header of five or more comma-separated names, is read as a CSV bill
+//! (with a note); a zip inside the zip (or an `.xlsx`, which is one) rejects the object, as a
+//! bill there could not be read; anything else (a PDF, a README) is skipped with a note, and so
+//! is the macOS Finder's `__MACOSX/` folder (resource forks named `._x.csv`, not bills). Member names are never used as paths; a name that tries to climb out of the archive
 //! (`../`, absolute) rejects the object. A member is named `key#file.csv` after its file name,
 //! or `key#folder/file.csv` when two members in different folders share a file name, so lineage
 //! and quarantine lines always point at one member.
@@ -92,6 +95,42 @@ pub fn sniff(prefix: &[u8]) -> Compression {
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
         [0x50, 0x4b, 0x03, 0x04, ..] | [0x50, 0x4b, 0x05, 0x06, ..] => Compression::Zip,
         _ => Compression::Plain,
+    }
+}
+
+/// What a zip member not named `.csv` holds, judged from its first bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum MemberContent {
+    /// Compressed (gzip, zstd), or text whose first line looks like a CSV header: read it.
+    Bill,
+    /// A zip (a nested zip, an .xlsx): unreadable here.
+    Archive,
+    /// Anything else (a PDF, a README): not a bill.
+    Other,
+}
+
+fn member_content(head: &[u8]) -> MemberContent {
+    match sniff(head) {
+        Compression::Gzip | Compression::Zstd => return MemberContent::Bill,
+        Compression::Zip => return MemberContent::Archive,
+        Compression::Plain => {}
+    }
+    let text = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let first = text.split(|b| *b == b'\n').next().unwrap_or(b"");
+    // A header line of a bill: valid UTF-8 (a cut at 4 KiB may split a character: allow a
+    // short tail), no control bytes, and at least five comma-separated names.
+    let valid = match std::str::from_utf8(first) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    let columns = first.iter().filter(|b| **b == b',').count() + 1;
+    let controls = first
+        .iter()
+        .any(|b| b.is_ascii_control() && *b != b'\r' && *b != b'\t');
+    if valid && !controls && columns >= 5 {
+        MemberContent::Bill
+    } else {
+        MemberContent::Other
     }
 }
 
@@ -315,7 +354,9 @@ fn zip_members(
                 "zip member {raw_name:?} has a path that climbs out of the archive; refusing the whole zip"
             )));
         }
-        if member.is_dir() {
+        let (is_dir, size) = (member.is_dir(), member.size());
+        drop(member);
+        if is_dir {
             continue;
         }
         if components(&raw_name).any(|c| c == "__MACOSX") {
@@ -323,8 +364,40 @@ fn zip_members(
             continue;
         }
         if !is_csv_name(&raw_name) {
-            notes.push(format!("skipped zip member {raw_name:?} (not a CSV)"));
-            continue;
+            // Money must not hide behind a name: a member whose bytes are a bill is read
+            // whatever it is called; one that cannot be read (a zip inside the zip, an .xlsx)
+            // rejects the object rather than leave its rows out in silence.
+            let head = if size == 0 {
+                Vec::new()
+            } else {
+                let mut m = archive.by_index(i).map_err(|e| {
+                    Error::Rejected(format!("zip member {raw_name:?}: unreadable: {e}"))
+                })?;
+                let mut head = Vec::new();
+                (&mut m)
+                    .take(4096)
+                    .read_to_end(&mut head)
+                    .map_err(|e| Error::Rejected(format!("zip member {raw_name:?}: {e}")))?;
+                head
+            };
+            match member_content(&head) {
+                MemberContent::Bill => {
+                    notes.push(format!(
+                        "zip member {raw_name:?} is read as a CSV bill: its content is one, whatever its name"
+                    ));
+                }
+                MemberContent::Archive => {
+                    return Err(Error::Rejected(format!(
+                        "zip member {raw_name:?} is itself a zip archive (a nested zip, or an .xlsx): billpipe does not read inside it, and a bill there would be left out; unpack it, or deliver its CSV"
+                    )))
+                }
+                MemberContent::Other => {
+                    notes.push(format!(
+                        "skipped zip member {raw_name:?} (not a CSV by name or content)"
+                    ));
+                    continue;
+                }
+            }
         }
         // Directory components are not ours to trust or use as paths: they only tell members
         // with the same file name apart.
@@ -602,6 +675,19 @@ impl<R: Read> Read for Guarded<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_are_judged_by_content_whatever_their_names() {
+        assert_eq!(
+            member_content(b"a,b,c,d,e\r\n1,2,3,4,5"),
+            MemberContent::Bill
+        );
+        assert_eq!(member_content(&[0x1f, 0x8b, 8, 0]), MemberContent::Bill);
+        assert_eq!(member_content(b"PK\x03\x04xlsx"), MemberContent::Archive);
+        assert_eq!(member_content(b"Read me first.\n"), MemberContent::Other);
+        assert_eq!(member_content(b"%PDF-1.7\n%\xE2\xE3"), MemberContent::Other);
+        assert_eq!(member_content(b""), MemberContent::Other);
+    }
 
     #[test]
     fn sniffs_by_magic_bytes() {

@@ -91,7 +91,7 @@ fn compressed_objects_load_by_content_with_exact_totals() {
             .unwrap();
         let notes = z["notes"].to_string();
         assert!(
-            notes.contains("skipped zip member \\\"readme.txt\\\" (not a CSV)"),
+            notes.contains("skipped zip member \\\"readme.txt\\\" (not a CSV by name or content)"),
             "{notes}"
         );
         assert!(notes.contains("zip with 3 CSV member(s)"), "{notes}");

@@ -483,3 +483,63 @@ fn a_consolidated_bill_and_a_customers_own_bill_never_double_count() {
     );
     assert_eq!(sums[&("2025-11".to_string(), c2.to_string())], b_sum);
 }
+
+/// Money does not hide behind a member's name: a zip member holding bill rows under another
+/// name is read; one that cannot be read (a zip inside the zip, an .xlsx) rejects the object;
+/// a README is skipped.
+#[test]
+fn zip_members_are_read_by_content_not_name() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let mut csv = Vec::new();
+    let s = write_detail_csv(&options(A, "2025-11", None, 3), false, &mut csv).unwrap();
+    let parts = split_csv(&csv, 2);
+    let key = format!("{A}-202511-by_used_time-bill_details.zip");
+    put_at(
+        src.path(),
+        &key,
+        &zip_of(&[
+            ("bill.csv", &parts[0]),
+            ("part2.txt", &parts[1]),
+            ("README", b"Tencent Cloud bill export.\n".as_slice()),
+        ]),
+        100,
+    );
+    let (out, report) = step(src.path(), lake.path(), &[]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    let want = (
+        s.rows,
+        Decimal::from_i128_with_scale(s.billed_cost_e8, 8).normalize(),
+    );
+    assert_eq!(
+        normalized_sums(lake.path())[&("2025-11".to_string(), A.to_string())],
+        want,
+        "both members, whatever their names"
+    );
+    let notes = report["objects"][0]["notes"].to_string();
+    assert!(
+        notes.contains("part2.txt") && notes.contains("README"),
+        "{notes}"
+    );
+    // A nested zip: rejected, the lake keeps what it had.
+    let inner = zip_of(&[("bill.csv", &parts[1])]);
+    put_at(
+        src.path(),
+        &key,
+        &zip_of(&[("bill.csv", &parts[0]), ("more.zip", &inner)]),
+        200,
+    );
+    let (out, report) = run_job(
+        src.path().to_str().unwrap(),
+        lake.path().to_str().unwrap(),
+        &[],
+    );
+    assert_eq!(out.code, 3, "{}", out.stdout);
+    let (what, why) = outcome(&report, &key);
+    assert_eq!(what, "reject");
+    assert!(why.contains("is itself a zip archive"), "{why}");
+    assert_eq!(
+        normalized_sums(lake.path())[&("2025-11".to_string(), A.to_string())],
+        want
+    );
+}
