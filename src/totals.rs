@@ -315,22 +315,40 @@ pub fn totals(opts: &TotalsOptions) -> Result<Totals> {
     let mut present = BTreeSet::new();
     for (rel, period, account) in &partition_files {
         present.insert(rel.as_str());
+        // A folder name too long for a path is capped (`prefix~hash`, see `write`): the full
+        // account is the rows' BillingAccountId, and filters apply to it.
+        let capped = account.contains('~');
+        if !capped && !wanted(period, account) {
+            continue;
+        }
+        let (file_sums, full_account) = match &local_root {
+            Some(root) => {
+                let path = root.join(rel);
+                let open = || std::fs::File::open(&path).map_err(|e| vanished(rel, e));
+                let full = if capped {
+                    first_account(open()?, rel)?
+                } else {
+                    None
+                };
+                (sum_parquet(open()?, rel, dim)?, full)
+            }
+            None => {
+                let bytes = bytes::Bytes::from(
+                    lake.get(rel)?
+                        .ok_or_else(|| vanished(rel, std::io::ErrorKind::NotFound.into()))?,
+                );
+                let full = if capped {
+                    first_account(bytes.clone(), rel)?
+                } else {
+                    None
+                };
+                (sum_parquet(bytes, rel, dim)?, full)
+            }
+        };
+        let account = full_account.as_ref().unwrap_or(account);
         if !wanted(period, account) {
             continue;
         }
-        let file_sums = match &local_root {
-            Some(root) => {
-                let path = root.join(rel);
-                let file = std::fs::File::open(&path).map_err(|e| vanished(rel, e))?;
-                sum_parquet(file, rel, dim)?
-            }
-            None => {
-                let bytes = lake
-                    .get(rel)?
-                    .ok_or_else(|| vanished(rel, std::io::ErrorKind::NotFound.into()))?;
-                sum_parquet(bytes::Bytes::from(bytes), rel, dim)?
-            }
-        };
         files_read += 1;
         let snapshot = describe_file(rel, by_file.get(rel.as_str()), &lags);
         for ((currency, group), sums) in file_sums {
@@ -608,6 +626,35 @@ fn wrong_type(rel: &str, column: &str, found: &DataType, expected: &str) -> Erro
 type FileSums = BTreeMap<(Option<String>, Option<String>), Sums>;
 
 /// Sums one Parquet file per (currency, group value), reading only the columns needed.
+/// The first BillingAccountId of a file (for partition folders whose name is capped).
+fn first_account<R: ChunkReader + 'static>(reader: R, rel: &str) -> Result<Option<String>> {
+    let unreadable = |e: parquet::errors::ParquetError| Error::Lake {
+        path: rel.to_string(),
+        message: format!("not readable as Parquet: {e}"),
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader).map_err(unreadable)?;
+    let Some(root) = builder
+        .schema()
+        .fields()
+        .iter()
+        .position(|f| f.name() == "BillingAccountId")
+    else {
+        return Ok(None);
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [root]);
+    for batch in builder.with_projection(mask).build().map_err(unreadable)? {
+        let batch = batch.map_err(|e| Error::Lake {
+            path: rel.to_string(),
+            message: format!("not readable as Parquet: {e}"),
+        })?;
+        let column = StrCol::of(&batch, "BillingAccountId", rel)?;
+        if let Some(v) = (0..batch.num_rows()).find_map(|i| column.get(i)) {
+            return Ok(Some(v.to_string()));
+        }
+    }
+    Ok(None)
+}
+
 fn sum_parquet<R: ChunkReader + 'static>(
     reader: R,
     rel: &str,
