@@ -212,7 +212,7 @@ pub fn acquire(lake: Arc<dyn Lake>, command: &str, options: &LockOptions) -> Res
                     if lake.get(LOCK_PATH)?.as_deref() != Some(bytes.as_slice()) {
                         continue;
                     }
-                    tracing::warn!("taking over a stale lock: {}", held.describe());
+                    // Said once, on stderr even with -q: a takeover is worth knowing about.
                     eprintln!("billpipe: taking over a stale lock left by {}", held.describe());
                     lake.delete(LOCK_PATH)?;
                     took_over = true;

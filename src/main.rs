@@ -1,5 +1,11 @@
 //! The `billpipe` command line. Parsing arguments, showing progress and printing is all that
 //! happens here; the work is in the library.
+//!
+//! Every argument is checked before any work starts (`check`), so a mistake costs nothing and
+//! exits 2 like clap's own parse errors: a run that would skip every month, write Parquet that
+//! cannot be written, or list its own lake as bills is a usage error, not a result. Output to a
+//! closed stdout (`billpipe totals | head -1`) ends quietly: the reader has gone, the work is
+//! done, so the exit code stays the command's own (see `out`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,7 +20,8 @@ use billpipe::report::{RunReport, EXIT_FAILED, EXIT_LOCKED};
 use billpipe::run::{self, Progress, ResetFilter, RunOptions};
 use billpipe::s3::S3Options;
 use billpipe::write::WriteOptions;
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -76,8 +83,9 @@ struct S3Args {
     /// List with ListObjectsV2 instead of v1 markers (COS documents only v1)
     #[arg(long, global = true)]
     list_v2: bool,
-    /// Upload lake files above this size in parts of this size (MiB, at least 5)
-    #[arg(long, default_value_t = 16, global = true)]
+    /// S3 lake only: upload Parquet files above this size in parts of this size, in MiB (at
+    /// least 5)
+    #[arg(long, default_value_t = 16, global = true, value_parser = clap::value_parser!(u64).range(5..))]
     part_mb: u64,
 }
 
@@ -146,8 +154,8 @@ struct RunArgs {
     /// none; findings are counted and the row is loaded, so the lake equals the bill)
     #[arg(long, value_parser = ["error"])]
     quarantine_on: Option<String>,
-    /// zstd level of the Parquet files
-    #[arg(long, default_value_t = 3)]
+    /// zstd compression level of the Parquet files, 1 (fastest) to 22 (smallest)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
     zstd_level: i32,
     #[command(flatten)]
     lock: LockArgs,
@@ -179,10 +187,15 @@ struct StateArgs {
 enum StateAction {
     /// Make the next run reload the matching (account, month) units; says which first.
     Reset {
+        /// Only units of this billing account
         #[arg(long)]
         account: Option<String>,
+        /// Only units of this billing month (YYYY-MM)
         #[arg(long, value_parser = parse_month)]
         month: Option<String>,
+        /// Every unit of the lake (needed when neither --account nor --month is given)
+        #[arg(long, conflicts_with_all = ["account", "month"])]
+        all: bool,
         #[command(flatten)]
         lock: LockArgs,
     },
@@ -256,10 +269,18 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
+    if let Err(e) = check(&cli.command) {
+        e.exit();
+    }
     let code = match dispatch(cli.command) {
+        Ok(code) if stdout_failed() => {
+            // Only a write error other than a closed pipe lands here (a full disk).
+            eprintln!("billpipe: error: cannot write to stdout");
+            code.max(EXIT_FAILED)
+        }
         Ok(code) => code,
         Err(e) => {
-            eprintln!("billpipe: error: {e:#}");
+            eprintln!("billpipe: error: {}", message(&e));
             let locked = e
                 .chain()
                 .any(|c| matches!(c.downcast_ref(), Some(billpipe::Error::Locked(_))));
@@ -271,6 +292,290 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+/// The error and its causes, each said once: a library error that already names its cause
+/// (`nope.csv: No such file or directory (os error 2)`) is not followed by the cause again.
+fn message(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes to stdout. When the reader has gone (`| head -1`: EPIPE) nothing more is written and
+/// the command ends with its own exit code — a `run` whose summary nobody reads still loaded
+/// the lake, and 3 must still say money is missing. Rust ignores SIGPIPE, so without this
+/// `println!` would panic.
+fn out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn stdout_failed() -> bool {
+    use std::io::Write;
+    let flushed = std::io::stdout().lock().flush();
+    if let Err(e) = flushed {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `println!`/`print!` through `out`.
+macro_rules! outln {
+    () => { out(format_args!("\n")) };
+    ($($t:tt)*) => { out(format_args!("{}\n", format_args!($($t)*))) };
+}
+macro_rules! outp {
+    ($($t:tt)*) => { out(format_args!($($t)*)) };
+}
+
+/// A usage error of the (sub)command at `path`, printed as clap prints its own (with that
+/// command's usage line) and exiting 2.
+fn usage_error(path: &[&str], message: impl std::fmt::Display) -> clap::Error {
+    fn find(cmd: &mut clap::Command, path: &[&str], message: String) -> clap::Error {
+        match path.split_first() {
+            Some((first, rest)) => match cmd.find_subcommand_mut(first) {
+                Some(sub) => find(sub, rest, message),
+                None => cmd.error(ErrorKind::InvalidValue, message),
+            },
+            None => cmd.error(ErrorKind::InvalidValue, message),
+        }
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    find(&mut cmd, path, message.to_string())
+}
+
+/// Checks what clap cannot check alone, before any work (see the module docs).
+fn check(command: &Command) -> std::result::Result<(), clap::Error> {
+    match command {
+        Command::Run(a) => check_job(a, "run"),
+        Command::Plan(a) => check_job(a, "plan"),
+        Command::State(a) => {
+            let path: &[&str] = match a.action {
+                Some(StateAction::Reset { .. }) => &["state", "reset"],
+                None => &["state"],
+            };
+            if a.dest.is_none() {
+                return Err(usage_error(
+                    path,
+                    "--dest is required: the lake (a local folder or s3://bucket[/prefix])",
+                ));
+            }
+            if let Some(StateAction::Reset {
+                account: None,
+                month: None,
+                all: false,
+                ..
+            }) = &a.action
+            {
+                return Err(usage_error(
+                    path,
+                    "state reset needs --account, --month (or both), or --all to reset every unit of the lake",
+                ));
+            }
+            Ok(())
+        }
+        Command::Validate(a) => {
+            let schema_dir = local_schema_dir();
+            check_profile(&a.profile, schema_dir).map_err(|m| usage_error(&["validate"], m))?;
+            if let Some(v) = &a.focus_version {
+                // Without the schemas the check is left to `validate_file`, which says so.
+                if let Ok(known) = billpipe::schema::focus_versions(schema_dir) {
+                    if !known.iter().any(|s| &s.version == v) {
+                        let names: Vec<&str> = known.iter().map(|s| s.version.as_str()).collect();
+                        return Err(usage_error(
+                            &["validate"],
+                            format!("unknown --focus-version {v:?}; known: {}", names.join(", ")),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Totals(_) | Command::Generate(_) => Ok(()),
+    }
+}
+
+/// The working directory's `schemas/`, which `validate` reads before the built-in copies.
+fn local_schema_dir() -> Option<&'static std::path::Path> {
+    let dir = std::path::Path::new("schemas");
+    dir.is_dir().then_some(dir)
+}
+
+fn check_job(a: &RunArgs, name: &str) -> std::result::Result<(), clap::Error> {
+    let path = [name];
+    if let (Some(from), Some(to)) = (&a.from, &a.to) {
+        if from > to {
+            return Err(usage_error(
+                &path,
+                format!("--from {from} is after --to {to}: no billing month is in range"),
+            ));
+        }
+    }
+    if let Some(profile) = &a.profile {
+        // The pipeline's schema folder holds its profiles; a pipeline that does not load is
+        // reported by the run itself (exit 1, configuration).
+        if let Ok(pipeline) = billpipe::classify::Pipeline::load(a.pipeline.as_deref()) {
+            check_profile(profile, pipeline.schema_dir.as_deref())
+                .map_err(|m| usage_error(&path, m))?;
+        }
+    }
+    if billpipe::s3::S3Location::parse(&a.source).is_none()
+        && std::path::Path::new(&a.source).is_file()
+    {
+        return Err(usage_error(
+            &path,
+            format!(
+                "--source {} is a file; --source takes a folder or s3://bucket[/prefix] holding bill files (to check one file: billpipe validate {})",
+                a.source, a.source
+            ),
+        ));
+    }
+    if let Some(why) = dest_inside_source(&a.source, &a.dest) {
+        return Err(usage_error(&path, why));
+    }
+    Ok(())
+}
+
+/// A lake inside its own source would list its Parquet files, ledger and quarantine as
+/// objects of the source on every run.
+fn dest_inside_source(source: &str, dest: &str) -> Option<String> {
+    let inside = match (
+        billpipe::s3::S3Location::parse(source),
+        billpipe::s3::S3Location::parse(dest),
+    ) {
+        (Some(s), Some(d)) => s.bucket == d.bucket && d.prefix.starts_with(&s.prefix),
+        (None, None) => {
+            let (s, d) = (resolve(source.as_ref()), resolve(dest.as_ref()));
+            d.starts_with(&s)
+        }
+        _ => false,
+    };
+    inside.then(|| {
+        format!(
+            "--dest {dest} is {} --source {source}: the lake's own files would be listed as objects of the source on every run; put the lake elsewhere",
+            if resolve(dest.as_ref()) == resolve(source.as_ref()) { "the same place as" } else { "inside" }
+        )
+    })
+}
+
+/// An absolute path with symbolic links and `..` resolved as far as it exists (the lake's
+/// folder may not exist yet).
+fn resolve(p: &std::path::Path) -> PathBuf {
+    if let Some(loc) = billpipe::s3::S3Location::parse(&p.to_string_lossy()) {
+        return PathBuf::from(loc.uri());
+    }
+    let mut abs = PathBuf::new();
+    for part in std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .components()
+    {
+        match part {
+            std::path::Component::ParentDir => {
+                abs.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => abs.push(other),
+        }
+    }
+    let mut tail = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(mut real) = cur.canonicalize() {
+            for name in tail.iter().rev() {
+                real.push(name);
+            }
+            return real;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// A profile name must name a profile (`schemas/profile-<name>.toml` or a built-in one), a
+/// `.toml` argument must be a readable profile file.
+fn check_profile(name: &str, dir: Option<&std::path::Path>) -> std::result::Result<(), String> {
+    use billpipe::rules::Profile;
+    let Err(e) = Profile::load(name, dir) else {
+        return Ok(());
+    };
+    if name.ends_with(".toml") || !e.to_string().contains("unknown profile") {
+        return Err(format!("--profile {name}: {e}"));
+    }
+    let mut known: Vec<String> = ["strict", "strict-gate", "tencent", "tencent-l2", "off"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if let Some(n) = file
+                .strip_prefix("profile-")
+                .and_then(|f| f.strip_suffix(".toml"))
+            {
+                if !known.iter().any(|k| k == n) {
+                    known.push(n.to_string());
+                }
+            }
+        }
+    }
+    known.retain(|k| Profile::load(k, dir).is_ok());
+    let hint = known
+        .iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| format!(" (did you mean {k}?)"))
+        .unwrap_or_default();
+    Err(format!(
+        "unknown --profile {name:?}{hint}; known: {}, or a profile file ending in .toml",
+        known.join(", ")
+    ))
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn dispatch(command: Command) -> Result<i32> {
@@ -343,7 +648,7 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
         }
     };
     if !args.quiet {
-        print!("{}", report.human(args.verbose));
+        outp!("{}", report.human(args.verbose));
     } else if let Some(e) = &report.error {
         eprintln!("billpipe: {what}: {e}");
     }
@@ -444,20 +749,35 @@ fn state(args: StateArgs) -> Result<i32> {
         .clone()
         .context("--dest is required: the lake whose state to show")?;
     let s3 = args.s3.options();
+    // An empty table for a mistyped path would read as "nothing loaded yet".
+    let lake = billpipe::lake::open(&dest, false, || billpipe::s3::S3Context::connect(&s3))
+        .with_context(|| format!("opening the lake {dest}"))?;
+    if lake.get(billpipe::ledger::LEDGER_PATH)?.is_none() {
+        anyhow::bail!(
+            "no lake at {dest}: it has no {} (a lake is what `billpipe run --dest {dest}` writes)",
+            billpipe::ledger::LEDGER_PATH
+        );
+    }
+    drop(lake);
     match args.action {
         None => {
             let ledger =
                 run::state(&dest, &s3).with_context(|| format!("reading the ledger of {dest}"))?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&ledger.units)?);
+                outln!("{}", serde_json::to_string_pretty(&ledger.units)?);
                 return Ok(0);
             }
-            println!(
+            outln!(
                 "{:<14} {:<8} {:<22} {:>9} {:>6} {:>20}  source (etag)",
-                "account", "month", "loaded at", "rows", "held", "BilledCost"
+                "account",
+                "month",
+                "loaded at",
+                "rows",
+                "held",
+                "BilledCost"
             );
             for e in ledger.units.values() {
-                println!(
+                outln!(
                     "{:<14} {:<8} {:<22} {:>9} {:>6} {:>20}  {} ({}){}",
                     e.unit.account,
                     e.unit.month,
@@ -470,33 +790,37 @@ fn state(args: StateArgs) -> Result<i32> {
                     if e.reset { "  [reload pending]" } else { "" }
                 );
             }
-            println!("{} snapshot units", ledger.units.len());
+            outln!("{} snapshot units", ledger.units.len());
             Ok(0)
         }
         Some(StateAction::Reset {
             account,
             month,
+            all: _,
             lock,
         }) => {
             let filter = ResetFilter { account, month };
             let ledger = run::state(&dest, &s3)?;
             let chosen = run::reset_candidates(&ledger, &filter);
             if chosen.is_empty() {
-                println!("nothing to reset: no loaded unit matches");
-                return Ok(0);
+                anyhow::bail!(
+                    "nothing to reset: no loaded unit of {dest} matches{}{} (`billpipe state --dest {dest}` lists them)",
+                    filter.account.as_ref().map(|a| format!(" --account {a}")).unwrap_or_default(),
+                    filter.month.as_ref().map(|m| format!(" --month {m}")).unwrap_or_default(),
+                );
             }
-            println!(
+            outln!(
                 "resetting {} unit(s); the next run reloads them:",
                 chosen.len()
             );
             for e in &chosen {
-                println!("  {}  (loaded from {})", e.unit, e.source.key);
+                outln!("  {}  (loaded from {})", e.unit, e.source.key);
             }
             let done = run::state_reset(&dest, &s3, &filter, &lock.options())?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&done)?);
+                outln!("{}", serde_json::to_string_pretty(&done)?);
             }
-            println!("reset {} unit(s)", done.len());
+            outln!("reset {} unit(s)", done.len());
             Ok(0)
         }
     }
@@ -530,7 +854,7 @@ fn validate(args: ValidateArgs) -> Result<i32> {
     }
     let passed = verdicts.iter().all(|v| v.passed());
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"passed": passed, "files": verdicts})
@@ -543,17 +867,24 @@ fn validate(args: ValidateArgs) -> Result<i32> {
                 .as_deref()
                 .map(|m| format!(", billing month {m} by name"))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{} (FOCUS {}, {}, profile {}{month}): {} rows, {} with errors",
-                v.file, v.focus_version, v.version_from, v.profile, v.rows, v.rows_with_errors
+                v.file,
+                v.focus_version,
+                v.version_from,
+                v.profile,
+                v.rows,
+                v.rows_with_errors
             );
             if let Some(e) = &v.file_error {
-                println!("  FILE ERROR: {e}");
+                outln!("  FILE ERROR: {e}");
             }
             if !v.rules.is_empty() {
-                println!(
+                outln!(
                     "  {:<44} {:<8} {:>9}  first lines",
-                    "rule", "severity", "count"
+                    "rule",
+                    "severity",
+                    "count"
                 );
             }
             let (mut errors, mut warnings) = (0u64, 0u64);
@@ -572,14 +903,14 @@ fn validate(args: ValidateArgs) -> Result<i32> {
                         "warning"
                     }
                 };
-                println!(
+                outln!(
                     "  {id:<44} {sev:<8} {:>9}  {}",
                     r.count,
                     r.examples.join("; ")
                 );
-                println!("  {:<44} {}", "", r.message);
+                outln!("  {:<44} {}", "", r.message);
             }
-            println!(
+            outln!(
                 "  verdict: {} ({errors} error findings, {warnings} warnings)",
                 if v.passed() { "PASS" } else { "FAIL" }
             );
@@ -628,7 +959,7 @@ fn generate(args: GenerateArgs) -> Result<i32> {
         let file =
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let stats = generate::write_detail_csv(&opts, args.zh, file)?;
-        println!(
+        outln!(
             "{}: {} rows ({} voucher rows), BilledCost sum {}",
             path.display(),
             stats.rows,
@@ -642,7 +973,7 @@ fn generate(args: GenerateArgs) -> Result<i32> {
     let file =
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let stats = generate::write_focus_csv(&opts, file)?;
-    println!(
+    outln!(
         "{}: {} rows, {} bytes, BilledCost sum {}",
         path.display(),
         stats.rows,
@@ -695,11 +1026,11 @@ fn totals(args: TotalsArgs) -> Result<i32> {
     };
     let t = totals::totals(&opts).with_context(|| format!("totals of {}", args.dest))?;
     if args.json {
-        println!("{}", t.to_json()?);
+        outln!("{}", t.to_json()?);
     } else if args.csv {
-        print!("{}", t.to_csv()?);
+        outp!("{}", t.to_csv()?);
     } else {
-        print!("{}", t.human());
+        outp!("{}", t.human());
         return Ok(0);
     }
     for finding in t.findings() {

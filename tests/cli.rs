@@ -1,0 +1,339 @@
+//! The command line as a newcomer meets it (issue 13): every common mistake is refused before
+//! any work with exit 2 and a message naming the flag, a missing lake or an empty reset says
+//! so (exit 1), messages are said once, and a closed stdout ends quietly. Each test asserts the
+//! exit code and the first line of stderr, which is what a person (or a log alert) reads.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{billpipe, bin, Output};
+
+fn first_line(out: &Output) -> &str {
+    out.stderr.lines().next().unwrap_or("")
+}
+
+/// Exit code and first line of stderr.
+fn assert_fails(out: &Output, code: i32, first: &str) {
+    assert_eq!(
+        out.code, code,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    assert_eq!(first_line(out), first, "stderr:\n{}", out.stderr);
+}
+
+/// A lake loaded from the example bucket (exit 3: one held-out row, on purpose).
+fn example_lake() -> tempfile::TempDir {
+    let lake = tempfile::tempdir().unwrap();
+    let out = billpipe(&[
+        "run",
+        "-q",
+        "--source",
+        "testdata/bucket",
+        "--dest",
+        lake.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    lake
+}
+
+fn no_lake_written(lake: &Path) {
+    assert!(!lake.exists(), "{} was created", lake.display());
+}
+
+// Item 2: usage errors exit 2, checked before any work.
+
+#[test]
+fn a_mistyped_profile_is_a_usage_error_with_a_suggestion() {
+    let out = billpipe(&[
+        "validate",
+        "--profile",
+        "strcit",
+        "testdata/bucket/billing/README.txt",
+    ]);
+    assert_fails(
+        &out,
+        2,
+        "error: unknown --profile \"strcit\" (did you mean strict?); known: strict, strict-gate, tencent, tencent-l2, off, or a profile file ending in .toml",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let out = billpipe(&[
+        "run",
+        "--profile",
+        "strcit",
+        "--source",
+        "testdata/bucket",
+        "--dest",
+        lake.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        first_line(&out).starts_with("error: unknown --profile \"strcit\" (did you mean strict?)")
+    );
+    no_lake_written(&lake);
+    let out = billpipe(&["validate", "--profile", "no-such.toml", "x.csv"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        first_line(&out).starts_with("error: --profile no-such.toml: "),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_unknown_focus_version_is_a_usage_error() {
+    let out = billpipe(&["validate", "--focus-version", "1.4", "nope.csv"]);
+    assert_fails(
+        &out,
+        2,
+        "error: unknown --focus-version \"1.4\"; known: 1.0, 1.1, 1.2, 1.3",
+    );
+}
+
+#[test]
+fn state_without_dest_is_a_usage_error() {
+    let out = billpipe(&["state"]);
+    assert_fails(
+        &out,
+        2,
+        "error: --dest is required: the lake (a local folder or s3://bucket[/prefix])",
+    );
+    assert!(
+        out.stderr.contains("Usage: billpipe state"),
+        "{}",
+        out.stderr
+    );
+    let out = billpipe(&["state", "reset", "--all"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Usage: billpipe state reset"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn from_after_to_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    for cmd in ["run", "plan"] {
+        let out = billpipe(&[
+            cmd,
+            "--source",
+            "testdata/bucket",
+            "--dest",
+            lake.to_str().unwrap(),
+            "--from",
+            "2025-12",
+            "--to",
+            "2025-11",
+        ]);
+        assert_fails(
+            &out,
+            2,
+            "error: --from 2025-12 is after --to 2025-11: no billing month is in range",
+        );
+    }
+    no_lake_written(&lake);
+}
+
+#[test]
+fn a_zstd_level_out_of_range_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let out = billpipe(&[
+        "run",
+        "--source",
+        "testdata/bucket",
+        "--dest",
+        lake.to_str().unwrap(),
+        "--zstd-level",
+        "99",
+    ]);
+    assert_fails(
+        &out,
+        2,
+        "error: invalid value '99' for '--zstd-level <ZSTD_LEVEL>': 99 is not in 1..=22",
+    );
+    no_lake_written(&lake);
+}
+
+#[test]
+fn a_lake_inside_or_equal_to_its_source_is_a_usage_error() {
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().to_str().unwrap();
+    let inside = format!("{s}/lake");
+    let out = billpipe(&["run", "--source", s, "--dest", &inside]);
+    assert_fails(
+        &out,
+        2,
+        &format!("error: --dest {inside} is inside --source {s}: the lake's own files would be listed as objects of the source on every run; put the lake elsewhere"),
+    );
+    no_lake_written(Path::new(&inside));
+    // The same folder, spelled differently.
+    let same = format!("{s}/./x/..");
+    let out = billpipe(&["plan", "--source", s, "--dest", &same]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        first_line(&out).starts_with(&format!(
+            "error: --dest {same} is the same place as --source {s}"
+        )),
+        "{}",
+        out.stderr
+    );
+    let out = billpipe(&[
+        "run",
+        "--source",
+        "s3://bills/focus",
+        "--dest",
+        "s3://bills/focus/lake",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(first_line(&out)
+        .starts_with("error: --dest s3://bills/focus/lake is inside --source s3://bills/focus"));
+}
+
+// Item 3: state on a folder without a lake, reset without a filter, a filter matching nothing.
+
+#[test]
+fn state_of_a_folder_without_a_lake_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let nothing = dir.path().join("no-lake");
+    let d = nothing.to_str().unwrap();
+    let out = billpipe(&["state", "--dest", d]);
+    assert_fails(
+        &out,
+        1,
+        &format!("billpipe: error: no lake at {d}: it has no _billpipe/ledger.json (a lake is what `billpipe run --dest {d}` writes)"),
+    );
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[test]
+fn state_reset_needs_a_filter_or_all_and_says_when_nothing_matches() {
+    let lake = example_lake();
+    let d = lake.path().to_str().unwrap();
+    let out = billpipe(&["state", "reset", "--dest", d]);
+    assert_fails(
+        &out,
+        2,
+        "error: state reset needs --account, --month (or both), or --all to reset every unit of the lake",
+    );
+    let out = billpipe(&["state", "reset", "--dest", d, "--month", "2024-01"]);
+    assert_fails(
+        &out,
+        1,
+        &format!("billpipe: error: nothing to reset: no loaded unit of {d} matches --month 2024-01 (`billpipe state --dest {d}` lists them)"),
+    );
+    let out = billpipe(&["state", "reset", "--dest", d, "--all"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .starts_with("resetting 4 unit(s); the next run reloads them:"),
+        "{}",
+        out.stdout
+    );
+    let out = billpipe(&["state", "reset", "--dest", d, "--all", "--month", "2025-11"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
+// Item 5: messages said once.
+
+#[test]
+fn a_missing_file_is_named_once_with_its_cause() {
+    let out = billpipe(&["validate", "nope.csv"]);
+    assert_fails(
+        &out,
+        1,
+        "billpipe: error: validating nope.csv: nope.csv: No such file or directory (os error 2)",
+    );
+}
+
+#[test]
+fn a_single_file_as_source_says_what_source_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = "testdata/bucket/billing/focus/FOCUS-bill_details-200020002001-202511.CSV";
+    let out = billpipe(&[
+        "run",
+        "--source",
+        file,
+        "--dest",
+        dir.path().join("lake").to_str().unwrap(),
+    ]);
+    assert_fails(
+        &out,
+        2,
+        &format!("error: --source {file} is a file; --source takes a folder or s3://bucket[/prefix] holding bill files (to check one file: billpipe validate {file})"),
+    );
+}
+
+#[test]
+fn a_stale_lock_takeover_is_said_once() {
+    let lake = tempfile::tempdir().unwrap();
+    // A pid that surely is dead, in this pid namespace: a child that has exited.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let ns = billpipe::lock::pid_namespace().expect("/proc on the test machine");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let lock = serde_json::json!({
+        "owner": "someone-else", "host": "some-host", "pid": pid, "command": "run",
+        "started_at": now, "heartbeat_at": now, "pid_namespace": ns,
+    });
+    std::fs::create_dir_all(lake.path().join("_billpipe")).unwrap();
+    std::fs::write(lake.path().join("_billpipe/lock.json"), lock.to_string()).unwrap();
+    let out = billpipe(&[
+        "run",
+        "--source",
+        "testdata/bucket",
+        "--dest",
+        lake.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("stale lock").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(
+        first_line(&out).starts_with("billpipe: taking over a stale lock left by "),
+        "{}",
+        out.stderr
+    );
+}
+
+// A closed stdout ends quietly, with the command's own exit code.
+
+#[test]
+fn a_closed_stdout_ends_quietly_with_the_commands_exit_code() {
+    let lake = example_lake();
+    let d = lake.path().to_str().unwrap();
+    for args in [
+        &["totals", "--dest", d, "--json"][..],
+        &["totals", "--dest", d][..],
+        &["state", "--dest", d][..],
+    ] {
+        // `| head -0`: the reader is gone before the first write, so every write fails (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
