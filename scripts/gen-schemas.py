@@ -7,6 +7,7 @@ tables. The generated TOML is data the Rust code reads; nothing about FOCUS colu
 in Rust. Usage: scripts/gen-schemas.py PATH/TO/focus-columns.csv
 """
 import csv
+import re
 import sys
 from collections import defaultdict
 
@@ -38,10 +39,12 @@ HEADER = """# FOCUS {v} Cost and Usage dataset: the columns, their types and fea
 #   from the header: CustomColumn.Prefix (a column neither FOCUS nor x_), Column.OtherVersion (a
 #     column of another FOCUS version)
 #   [[rule]] below: kind = ordered | paired_null | null | not_null | non_negative | product |
-#     not_value | key_value | json_object | whole_minutes | one_value_per (file level) |
-#     period_of_name; a rule judges only rows matching `when` (every column holds a listed
-#     value), not matching `unless` (no column holds a listed value), with `when_null` columns
-#     null and `when_not_null` columns set. A rule about a column the file lacks is not applied.
+#     not_value | value | zero | parent | key_value | json_object | whole_minutes |
+#     one_value_per (file level) | period_of_name; a rule judges only rows matching `when`
+#     (every column holds a listed value), not matching `unless` (no column holds a listed
+#     value), with `when_null` columns null, `when_not_null` columns set and the two
+#     `when_differ` columns set and different. A rule about a column the file lacks is not
+#     applied. `product` allows max(tolerance_abs, tolerance_rel x |expected|).
 version = "{v}"
 decimal_precision = 38
 decimal_scale = 18
@@ -61,6 +64,33 @@ NULLABLE_OVERRIDES = {
 # with them is reported as pre-1.0 rather than as a 1.x file missing columns.
 PREVIOUS_NAMES = {"AmortizedCost": "EffectiveCost", "ChargeType": "ChargeCategory",
                   "UsageQuantity": "ConsumedQuantity", "UsageUnit": "ConsumedUnit", "Region": "RegionId"}
+
+
+# ServiceSubcategory -> its parent ServiceCategory (SPEC 1.2 servicesubcategory.md; the same
+# table in 1.1 and 1.3; focus-spec.md section 2.1). Every value of the column table's allowed
+# values must appear here (checked in main).
+SUBCATEGORIES = {
+    "AI and Machine Learning": ["AI Platforms", "Bots", "Generative AI", "Machine Learning", "Natural Language Processing"],
+    "Analytics": ["Analytics Platforms", "Business Intelligence", "Data Processing", "Search", "Streaming Analytics"],
+    "Business Applications": ["Productivity and Collaboration"],
+    "Compute": ["Containers", "End User Computing", "Quantum Compute", "Serverless Compute", "Virtual Machines"],
+    "Databases": ["Caching", "Data Warehouses", "Ledger Databases", "NoSQL Databases", "Relational Databases", "Time Series Databases"],
+    "Developer Tools": ["Developer Platforms", "Continuous Integration and Deployment", "Development Environments", "Source Code Management", "Quality Assurance"],
+    "Identity": ["Identity and Access Management"],
+    "Integration": ["API Management", "Messaging", "Workflow Orchestration"],
+    "Internet of Things": ["IoT Analytics", "IoT Platforms"],
+    "Management and Governance": ["Architecture", "Compliance", "Cost Management", "Data Governance", "Disaster Recovery", "Endpoint Management", "Observability", "Support"],
+    "Media": ["Content Creation", "Gaming", "Media Streaming", "Mixed Reality"],
+    "Migration": ["Data Migration", "Resource Migration"],
+    "Mobile": [],
+    "Multicloud": ["Multicloud Integration"],
+    "Networking": ["Application Networking", "Content Delivery", "Network Connectivity", "Network Infrastructure", "Network Routing", "Network Security"],
+    "Security": ["Secret Management", "Security Posture Management", "Threat Detection and Response"],
+    "Storage": ["Backup Storage", "Block Storage", "File Storage", "Object Storage", "Storage Platforms"],
+    "Web": ["Application Platforms"],
+    "Other": [],
+}
+SUBCATEGORY_PARENT = {sub: cat for cat, subs in SUBCATEGORIES.items() for sub in subs + [f"Other ({cat})"]}
 
 
 def vnum(v):
@@ -149,16 +179,38 @@ def rules_for(v):
     for c in unit_prices:
         add(f"NonNegative.{c}", "non_negative", [c], f"{c} must not be negative")
     for cost, price in [("ListCost", "ListUnitPrice"), ("ContractedCost", "ContractedUnitPrice")]:
-        extra = dict(tolerance_rel=0.001, tolerance_abs=0.01)
+        extra = dict(tolerance_rel=0.001, tolerance_abs=1e-9)
         if ver < (1, 3):
             extra["unless"] = {"ChargeClass": ["Correction"]}
             why = "; corrections excepted"
         else:
             why = "; FOCUS 1.3 no longer excepts corrections"
         add(f"Product.{cost}", "product", [cost, price, "PricingQuantity"],
-            f"{cost} must equal {price} x PricingQuantity (within 0.01 or 0.1%{why})",
-            note="FOCUS states the equation, not a precision; providers round unit prices, so 0.01 absolute or 0.1% relative, whichever is larger",
+            f"{cost} must equal {price} x PricingQuantity (within 0.1%, at least 1e-9{why})",
+            note="FOCUS states the equation, not a precision (and no rounding to the currency's minor unit), so the tolerance scales with the value: 0.1% relative for providers' rounded unit prices, 1e-9 absolute for zero and f64 noise; an absolute 0.01 hid costs 10,000 times their expected value when amounts are tiny",
             **extra)
+    if ver >= (1, 1):
+        # commitmentdiscountquantity.md: a Usage or Purchase row with a CommitmentDiscountId
+        # carries the quantity (unless a correction), and null in all other cases; the unit is
+        # paired with the quantity.
+        for c in ["CommitmentDiscountQuantity", "CommitmentDiscountUnit"]:
+            add(f"Commitment.NotNull.{c}", "not_null", [c],
+                f"{c} must not be null on Usage and Purchase rows that have a CommitmentDiscountId (unless ChargeClass is Correction)",
+                when={"ChargeCategory": ["Usage", "Purchase"]}, unless={"ChargeClass": ["Correction"]},
+                when_not_null=["CommitmentDiscountId"])
+        add("NullWithout.CommitmentDiscountQuantity.CommitmentDiscountId", "null", ["CommitmentDiscountQuantity"],
+            "CommitmentDiscountQuantity must be null when CommitmentDiscountId is null",
+            when_null=["CommitmentDiscountId"])
+        # pricingcategory.md: "Committed" when the charge is subject to a commitment discount
+        # and is not its purchase. Only Used rows are subject to it (Unused rows are the
+        # commitment's unused remainder), so those are judged; a null is UsagePurchase.NotNull's.
+        add("Committed.PricingCategory", "value", ["PricingCategory"],
+            "PricingCategory must be Committed on Usage rows a commitment discount covers (CommitmentDiscountStatus Used)",
+            value="Committed", when={"ChargeCategory": ["Usage"], "CommitmentDiscountStatus": ["Used"]},
+            unless={"ChargeClass": ["Correction"]}, when_not_null=["CommitmentDiscountId"])
+        add("CommitmentPurchase.PricingCategory", "not_value", ["PricingCategory"],
+            "PricingCategory must not be Committed on the purchase of a commitment discount",
+            value="Committed", when={"ChargeCategory": ["Purchase"]}, when_not_null=["CommitmentDiscountId"])
     add("Purchase.ChargeFrequency", "not_value", ["ChargeFrequency"],
         "ChargeFrequency must not be Usage-Based when ChargeCategory is Purchase",
         value="Usage-Based", when={"ChargeCategory": ["Purchase"]})
@@ -176,7 +228,24 @@ def rules_for(v):
         add("ServiceName.OneServiceSubcategory", "one_value_per", ["ServiceName", "ServiceSubcategory"],
             "each ServiceName should map to exactly one ServiceSubcategory within the file",
             severity="warning", note="SHOULD in the spec, so a warning by default")
+        add("ServiceSubcategory.Parent", "parent", ["ServiceSubcategory", "ServiceCategory"],
+            "ServiceSubcategory must be one of the subcategories of the row's ServiceCategory",
+            parents=SUBCATEGORY_PARENT,
+            note="servicesubcategory.md (1.2+): each ServiceSubcategory has one parent ServiceCategory")
+        # billedcost.md (1.2+): BilledCost MUST be 0 when payment is received by a third party
+        # (marketplace). No column says who receives the payment; the official validator reads
+        # it as ProviderName != InvoiceIssuerName, which fires on ordinary rows whose two names
+        # are spelled differently ("AWS" / "Amazon Web Services, Inc."). The columns allow only
+        # this much: a purchase of something another party publishes; so a warning.
+        add("Marketplace.BilledCost", "zero", ["BilledCost"],
+            "BilledCost should be 0 on a marketplace purchase paid to a third party (ChargeCategory Purchase, PublisherName other than ProviderName)",
+            severity="warning", when={"ChargeCategory": ["Purchase"]}, when_differ=["PublisherName", "ProviderName"],
+            note="BilledCost-C-005-C: the spec's condition (payment received by a third party) is not in any column; approximated by PublisherName != ProviderName on Purchase rows, which also matches marketplace purchases the provider itself invoices, so a warning, not an error")
     return r
+
+
+def toml_key(k):
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else toml_value(k)
 
 
 def toml_value(v):
@@ -189,7 +258,7 @@ def toml_value(v):
     if isinstance(v, list):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(v)
 
 
@@ -213,6 +282,11 @@ def main(path):
             if "." in row["column"]:
                 continue  # another dataset's column (1.3 ContractCommitment)
             cols[row["version"]].append(row)
+    for v, rows in cols.items():
+        for row in rows:
+            if row["column"] == "ServiceSubcategory":
+                allowed = {a for a in row["allowed_values"].split("|") if a}
+                assert allowed == set(SUBCATEGORY_PARENT), (v, allowed ^ set(SUBCATEGORY_PARENT))
     for v in VERSIONS:
         out = [HEADER.format(v=v)]
         out.append("previous_names = " + toml_value(PREVIOUS_NAMES))

@@ -4,8 +4,15 @@
 //! does not allow nulls, `Allowed.<Column>` for every column with allowed values (compared
 //! case-sensitively). Cross-column rules are listed in the schema file (`[[rule]]`, one
 //! [`RuleKind`] each) with an optional row condition (`when`, `unless`, `when_null`,
-//! `when_not_null`), so "PricingQuantity must be null for Tax rows" or "SkuId must not be null
-//! for Usage and Purchase rows unless they are corrections" are data, not code.
+//! `when_not_null`, `when_differ`), so "PricingQuantity must be null for Tax rows" or "SkuId
+//! must not be null for Usage and Purchase rows unless they are corrections" are data, not code.
+//! A new rule of an existing kind is a schema edit; only a new kind of check needs code here.
+//!
+//! `product` rules (ListCost = ListUnitPrice × PricingQuantity) allow
+//! `max(tolerance_abs, tolerance_rel × |expected|)`: FOCUS states the equation but no
+//! precision, and an absolute tolerance alone (say 0.01) hides a cost 10,000 times its
+//! expected value when the amounts are tiny, so the schemas use 0.1 % relative with a 1e-9
+//! floor (below any currency's minor unit, above f64 noise at the decimals' 18 digits).
 //!
 //! A profile (`schemas/profile-<name>.toml`) adjusts severities for a provider without code:
 //! `strict` is the spec as written; `tencent` turns Tencent's documented gaps into warnings and
@@ -73,6 +80,14 @@ pub enum RuleKind {
     Product,
     /// columns[0] != `value`.
     NotValue,
+    /// columns[0] = `value` when set (a null is the nullability rules' business).
+    Value,
+    /// columns[0] (a decimal) is 0 when set.
+    Zero,
+    /// columns[0] sits under its parent: where `parents` lists columns[0]'s value, columns[1]
+    /// holds the parent it names (values `parents` does not list are `Allowed.<Column>`'s
+    /// business; rows with either cell null are not judged).
+    Parent,
     /// columns[0] is a FOCUS Key-Value object: a JSON object, unique keys, no nested values.
     KeyValue,
     /// columns[0] is a JSON object (nesting allowed).
@@ -93,9 +108,12 @@ pub struct RuleDef {
     pub id: String,
     pub kind: RuleKind,
     pub columns: Vec<String>,
-    /// `not_value`: the forbidden value.
+    /// `not_value`: the forbidden value; `value`: the required one.
     #[serde(default)]
     pub value: String,
+    /// `parent`: each child value of columns[0] and the value of columns[1] it belongs under.
+    #[serde(default)]
+    pub parents: BTreeMap<String, String>,
     /// The rule judges only rows where every listed column holds one of the listed values...
     #[serde(default)]
     pub when: BTreeMap<String, Vec<String>>,
@@ -105,9 +123,12 @@ pub struct RuleDef {
     /// ...and these columns are null...
     #[serde(default)]
     pub when_null: Vec<String>,
-    /// ...and these are not.
+    /// ...and these are not...
     #[serde(default)]
     pub when_not_null: Vec<String>,
+    /// ...and these two columns are both set and differ (e.g. PublisherName vs ProviderName).
+    #[serde(default)]
+    pub when_differ: Vec<String>,
     /// `product`: allowed difference, relative to the expected value, and at least `tolerance_abs`.
     #[serde(default)]
     pub tolerance_rel: f64,
@@ -264,6 +285,7 @@ struct Applies {
     unless: Vec<(usize, ValueSet)>,
     when_null: Vec<usize>,
     when_not_null: Vec<usize>,
+    when_differ: Option<(usize, usize)>,
 }
 
 impl Applies {
@@ -272,6 +294,7 @@ impl Applies {
             && self.unless.is_empty()
             && self.when_null.is_empty()
             && self.when_not_null.is_empty()
+            && self.when_differ.is_none()
     }
 
     fn mask(&self, batch: &RecordBatch) -> BooleanBuffer {
@@ -293,6 +316,16 @@ impl Applies {
         for i in &self.when_not_null {
             m = &m & &valid(batch.column(*i).as_ref());
         }
+        if let Some((a, b)) = self.when_differ {
+            // `neq` is null where either side is null: those rows are not judged.
+            m = match (strings(batch.column(a)), strings(batch.column(b))) {
+                (Some(x), Some(y)) => match arrow_ord::cmp::neq(x, y) {
+                    Ok(ne) => &m & &bool_values(&ne),
+                    Err(_) => BooleanBuffer::new_unset(n),
+                },
+                _ => BooleanBuffer::new_unset(n),
+            };
+        }
         m
     }
 }
@@ -307,6 +340,9 @@ enum Check {
     PairedNull(usize, usize),
     NonNegative(usize),
     NotValue(usize, String),
+    Value(usize, String),
+    Zero(usize),
+    Parent(usize, usize, HashMap<String, String>),
     Product {
         result: usize,
         a: usize,
@@ -525,19 +561,26 @@ pub fn compile(
                 .collect()
         };
         let list = |v: &[String]| -> Option<Vec<usize>> { v.iter().map(|c| any_idx(c)).collect() };
-        let (Some(when), Some(unless), Some(when_null), Some(when_not_null)) = (
+        let (Some(when), Some(unless), Some(when_null), Some(when_not_null), Some(differ)) = (
             set(&r.when),
             set(&r.unless),
             list(&r.when_null),
             list(&r.when_not_null),
+            list(&r.when_differ),
         ) else {
             continue; // a condition on a column this schema does not have
+        };
+        let when_differ = match differ.as_slice() {
+            [] => None,
+            [a, b] => Some((*a, *b)),
+            _ => continue, // not a pair: reported by `check_def`
         };
         let applies = Applies {
             when,
             unless,
             when_null,
             when_not_null,
+            when_differ,
         };
         let check = match (r.kind, cols.as_slice()) {
             (RuleKind::Ordered, [a, b]) => Check::Ordered(*a, *b),
@@ -546,6 +589,16 @@ pub fn compile(
             (RuleKind::NotNull, [a]) => Check::NotNull(*a),
             (RuleKind::NonNegative, [a]) => Check::NonNegative(*a),
             (RuleKind::NotValue, [a]) => Check::NotValue(*a, r.value.clone()),
+            (RuleKind::Value, [a]) => Check::Value(*a, r.value.clone()),
+            (RuleKind::Zero, [a]) => Check::Zero(*a),
+            (RuleKind::Parent, [a, b]) => Check::Parent(
+                *a,
+                *b,
+                r.parents
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
             (RuleKind::Product, [result, a, b]) => Check::Product {
                 result: *result,
                 a: *a,
@@ -587,13 +640,16 @@ pub fn check_def(r: &RuleDef) -> std::result::Result<(), String> {
         | RuleKind::NotNull
         | RuleKind::NonNegative
         | RuleKind::NotValue
+        | RuleKind::Value
+        | RuleKind::Zero
         | RuleKind::KeyValue
         | RuleKind::JsonObject
         | RuleKind::PeriodOfName => 1,
         RuleKind::Ordered
         | RuleKind::PairedNull
         | RuleKind::WholeMinutes
-        | RuleKind::OneValuePer => 2,
+        | RuleKind::OneValuePer
+        | RuleKind::Parent => 2,
         RuleKind::Product => 3,
     };
     if r.columns.len() != want {
@@ -603,6 +659,19 @@ pub fn check_def(r: &RuleDef) -> std::result::Result<(), String> {
             r.kind,
             r.columns.len()
         ));
+    }
+    if !matches!(r.when_differ.len(), 0 | 2) {
+        return Err(format!(
+            "rule {}: when_differ names two columns, got {}",
+            r.id,
+            r.when_differ.len()
+        ));
+    }
+    if r.kind == RuleKind::Parent && r.parents.is_empty() {
+        return Err(format!("rule {}: kind parent needs a parents table", r.id));
+    }
+    if matches!(r.kind, RuleKind::Value) && r.value.is_empty() {
+        return Err(format!("rule {}: kind value needs a value", r.id));
     }
     Ok(())
 }
@@ -712,6 +781,30 @@ pub fn evaluate(
                     Ok(eq) => bool_values(&eq),
                     Err(_) => continue,
                 }
+            }
+            Check::Value(i, value) => {
+                let Some(c) = strings(col(*i)) else { continue };
+                match arrow_ord::cmp::neq(c, &StringArray::new_scalar(value)) {
+                    Ok(ne) => bool_values(&ne),
+                    Err(_) => continue,
+                }
+            }
+            Check::Zero(i) => {
+                let Some(c) = decimals(col(*i)) else { continue };
+                let v = c.values();
+                &BooleanBuffer::collect_bool(n, |r| v[r] != 0) & &valid(c)
+            }
+            Check::Parent(child, parent, parents) => {
+                let (Some(c), Some(p)) = (strings(col(*child)), strings(col(*parent))) else {
+                    continue;
+                };
+                // One hash probe per row, like `Allowed` with many values.
+                let wrong = BooleanBuffer::collect_bool(n, |r| {
+                    parents
+                        .get(c.value(r))
+                        .is_some_and(|want| want != p.value(r))
+                });
+                &(&wrong & &valid(c)) & &valid(p)
             }
             Check::Product {
                 result,
@@ -823,6 +916,24 @@ fn evidence(check: &Check, batch: &RecordBatch, rows: &[usize]) -> Option<Vec<St
                 map.get(v).map(String::as_str).unwrap_or("?")
             )
         }),
+        Check::Parent(child, parent, parents) => {
+            let (c, p) = (
+                strings(batch.column(*child))?,
+                strings(batch.column(*parent))?,
+            );
+            Some(
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{} under {} (its parent is {})",
+                            c.value(*r),
+                            p.value(*r),
+                            parents.get(c.value(*r)).map(String::as_str).unwrap_or("?")
+                        )
+                    })
+                    .collect(),
+            )
+        }
         Check::KeyValue(i) | Check::JsonObject(i) => {
             let flat = matches!(check, Check::KeyValue(_));
             texts(*i, &|v| {
