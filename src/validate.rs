@@ -19,6 +19,11 @@
 //! Every batch also feeds a [`RowTally`]: rows read, loaded and held out, and BilledCost loaded
 //! and held out, so a run can show that the file's total = the lake's + what was held out.
 //!
+//! `validate` judges partial files (some FOCUS columns only) on every rule whose columns are
+//! present and reports the missing mandatory ones (`Column.Mandatory`): a file is dismissed as
+//! "not a FOCUS 1.x file" only when its header is mostly pre-1.0 or foreign, because then its
+//! rows would be judged on next to nothing and the one finding that matters would be buried.
+//!
 //! Row checks run over whole Arrow arrays (null bitmaps and the `filter` kernel), not row by row.
 
 use std::collections::HashMap;
@@ -745,13 +750,28 @@ fn check_rows<R: std::io::Read>(
             schema.version
         )));
     }
-    if missing.len() * 2 > mandatory.len() {
+    // A partial file (some FOCUS columns, e.g. the spec's own examples) is judged on every rule
+    // whose columns it has, and `Column.Mandatory` says what it lacks. Only a header that is
+    // mostly not FOCUS (no FOCUS column, or more foreign columns than FOCUS ones; `x_` columns
+    // are neither) is dismissed: its rows would be judged on next to nothing.
+    let focus_present = schema.columns.len().saturating_sub(layout.absent.len());
+    let foreign: Vec<&str> = layout
+        .extra
+        .iter()
+        .filter(|n| !n.starts_with("x_") && !ctx.column_versions.contains_key(n.as_str()))
+        .map(String::as_str)
+        .collect();
+    if focus_present == 0 || foreign.len() > focus_present {
+        let others = match foreign.len() {
+            0 => String::new(),
+            n => format!(
+                " against {n} neither FOCUS nor x_-prefixed ({})",
+                foreign.join(", ")
+            ),
+        };
         return Err(Error::Rejected(format!(
-            "not a FOCUS 1.x Cost and Usage file: {} of {} mandatory FOCUS {} columns are missing ({})",
-            missing.len(),
-            mandatory.len(),
-            schema.version,
-            missing.join(", ")
+            "not a FOCUS 1.x file: {focus_present} FOCUS {} column(s){others}",
+            schema.version
         )));
     }
     let (mut validator, header) = Validator::new(schema, &layout, &[], profile, ctx)?;

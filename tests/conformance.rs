@@ -891,3 +891,51 @@ fn a_cell_that_does_not_type_hides_nothing_else_on_its_row() {
     // The unreadable cell is reported once, as unreadable, not again as a null.
     assert!(!got.contains_key("NotNull.BilledCost"), "{v}");
 }
+
+/// A partial file (some FOCUS columns, like the spec's examples) is judged on every rule whose
+/// columns it has, `Column.Mandatory` says what it lacks; a header that is mostly not FOCUS is
+/// still dismissed as "not a FOCUS 1.x file".
+#[test]
+fn partial_files_are_judged_and_foreign_files_dismissed() {
+    let out = billpipe(&[
+        "validate",
+        "--json",
+        "testdata/focus-samples/partial_example.csv",
+    ]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let f = &v["files"][0];
+    assert_eq!(f["focus_version"], "1.0");
+    assert_eq!(f["rows"], 5);
+    assert_eq!(f["rows_with_errors"], 3, "{f}");
+    let e = |line| ("error".to_string(), 1, line);
+    let want: BTreeMap<String, (String, u64, u64)> = [
+        ("Column.Mandatory", e(1)),
+        ("Type.ChargePeriodStart", e(3)),
+        ("Type.ChargePeriodEnd", e(3)),
+        ("Allowed.ChargeCategory", e(5)),
+        ("BillingPeriod.ExclusiveEnd", e(6)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(found(f), want, "{f}");
+    let missing = f["rules"]["Column.Mandatory"]["message"].as_str().unwrap();
+    assert!(
+        missing.contains("BillingAccountId") && missing.contains("ListCost"),
+        "{missing}"
+    );
+
+    for (text, error) in [
+        (
+            "Foo,Bar,Baz,BilledCost\n1,2,3,4\n",
+            "not a FOCUS 1.x file: 1 FOCUS 1.0 column(s) against 3 neither FOCUS nor x_-prefixed (Foo, Bar, Baz)",
+        ),
+        ("x_foo\n1\n", "not a FOCUS 1.x file: 0 FOCUS 1.0 column(s)"),
+    ] {
+        let (code, v) = validate("foreign.csv", text, &[]);
+        assert_eq!(code, 3);
+        assert_eq!(v["file_error"], error, "{v}");
+        assert_eq!(v["rows"], 0, "not judged: {v}");
+    }
+}
