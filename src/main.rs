@@ -21,7 +21,7 @@ use billpipe::run::{self, Progress, ResetFilter, RunOptions};
 use billpipe::s3::S3Options;
 use billpipe::write::WriteOptions;
 use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -39,7 +39,8 @@ struct Cli {
 enum Command {
     /// Load new and changed bill files from the source into the lake.
     Run(RunArgs),
-    /// Print what `run` would do with every object, and why, changing nothing.
+    /// Print what `run` would do with every object, and why, changing nothing. Takes `run`'s
+    /// command line as it is (flags that only matter when loading are accepted and ignored).
     Plan(RunArgs),
     /// Show what the lake holds per (account, month); `state reset` makes the next run reload.
     State(StateArgs),
@@ -143,11 +144,11 @@ struct RunArgs {
     /// Reload every unit's best snapshot even if unchanged (same result as a fresh load)
     #[arg(long)]
     force: bool,
-    /// Objects loaded at the same time
+    /// Objects loaded at the same time (memory grows with it: about 240 MB each)
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Conformance profile instead of the pipeline's: strict, tencent, off, strict-gate, or a
-    /// .toml file
+    /// Conformance profile instead of the pipeline's (tencent for the default pipeline):
+    /// strict, tencent, off, strict-gate, or a .toml file
     #[arg(long)]
     profile: Option<String>,
     /// Gatekeeping: hold out of the lake every row with a finding of this severity (default:
@@ -212,11 +213,13 @@ struct GenerateArgs {
     /// Daily snapshot: include days 1..=DAY (delivered on DAY+1). Without it: the monthly file.
     #[arg(long)]
     through_day: Option<u32>,
+    /// Rows per day of the month the file covers
     #[arg(long, default_value_t = 100)]
     rows_per_day: u64,
     /// Grow rows per day until the file is about this many megabytes (overrides --rows-per-day)
     #[arg(long)]
     target_mb: Option<u64>,
+    /// Random seed: the same seed and options give the same file, byte for byte
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Make these rows (0-based) unparsable, comma-separated
@@ -253,8 +256,38 @@ fn parse_month(s: &str) -> std::result::Result<String, String> {
     }
 }
 
+/// Flags a command accepts but that do nothing there, hidden from its help: `plan` takes
+/// `run`'s whole command line (swap the verb to preview a run), and the read-only commands
+/// share the S3 flags of `run`, whose `--part-mb` only sizes uploads.
+const HIDDEN: &[(&str, &[&str])] = &[
+    (
+        "plan",
+        &[
+            "zstd_level",
+            "jobs",
+            "profile",
+            "quarantine_on",
+            "wait",
+            "lock_timeout",
+            "part_mb",
+        ],
+    ),
+    ("state", &["part_mb"]),
+    ("totals", &["part_mb"]),
+    ("validate", &["part_mb"]),
+];
+
+/// The command line's definition, with `HIDDEN` applied.
+fn cli_command() -> clap::Command {
+    HIDDEN.iter().fold(Cli::command(), |cmd, (sub, ids)| {
+        cmd.mut_subcommand(*sub, |c| {
+            ids.iter().fold(c, |c, id| c.mut_arg(*id, |a| a.hide(true)))
+        })
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     let default_level = match &cli.command {
         Command::Run(a) if a.verbose => "info",
         Command::Run(a) if a.quiet => "error",
@@ -265,8 +298,16 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BILLPIPE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+            tracing_subscriber::EnvFilter::try_from_env("BILLPIPE_LOG").unwrap_or_else(|_| {
+                // The AWS SDK's own warnings (each credential provider that found nothing,
+                // multi-KB dumps) only at -v: billpipe says what is missing in one line.
+                let filter = if default_level == "info" {
+                    default_level.to_string()
+                } else {
+                    format!("{default_level},aws_config=error,aws_smithy_runtime=error")
+                };
+                tracing_subscriber::EnvFilter::new(filter)
+            }),
         )
         .init();
     if let Err(e) = check(&cli.command) {
@@ -364,7 +405,7 @@ fn usage_error(path: &[&str], message: impl std::fmt::Display) -> clap::Error {
             None => cmd.error(ErrorKind::InvalidValue, message),
         }
     }
-    let mut cmd = Cli::command();
+    let mut cmd = cli_command();
     cmd.build();
     find(&mut cmd, path, message.to_string())
 }

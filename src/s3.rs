@@ -7,6 +7,11 @@
 //! unless `--path-style` (COS refuses path-style for buckets made after 2024-01-01), and SDK
 //! checksums only "when required" (COS and Garage reject the SDK's default aws-chunked
 //! streaming checksums).
+//!
+//! Credentials are resolved once when connecting, before any request: without them the SDK's
+//! chain ends in the EC2 metadata service and the first request fails with "IMDS is disabled",
+//! which tells a newcomer nothing. `connect` says instead which keys or profile to give (the
+//! chain's own detail is logged at `-v`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +21,8 @@ use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
-    ConfigBag, Intercept, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    RuntimeComponents,
+    ConfigBag, Intercept, ProvideCredentials, Region, RequestChecksumCalculation,
+    ResponseChecksumValidation, RuntimeComponents,
 };
 use aws_sdk_s3::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::Client;
@@ -106,6 +111,16 @@ impl S3Context {
                 loader = loader.region(Region::new(region.clone()));
             }
             let shared = loader.load().await;
+            let credentials = match shared.credentials_provider() {
+                Some(provider) => provider.provide_credentials().await.map_err(|e| {
+                    aws_sdk_s3::error::DisplayErrorContext(e).to_string()
+                }),
+                None => Err("no credentials provider".to_string()),
+            };
+            if let Err(detail) = credentials {
+                tracing::info!("S3 credential chain: {detail}");
+                return Err(Error::Config(NO_CREDENTIALS.into()));
+            }
             let config = aws_sdk_s3::config::Builder::from(&shared)
                 .retry_config(retry_config())
                 .timeout_config(timeout_config())
@@ -128,6 +143,9 @@ impl S3Context {
         })
     }
 }
+
+/// What to do when the credential chain finds nothing, in one line.
+pub const NO_CREDENTIALS: &str = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for COS: your SecretId and SecretKey), or a profile (AWS_PROFILE, ~/.aws/credentials); BILLPIPE_LOG=info (or run -v) shows where billpipe looked";
 
 /// Transient failures (5xx, SlowDown and other throttling, timeouts, connection errors) are
 /// retried by the SDK's standard strategy: exponential backoff with full jitter, 6 attempts,

@@ -337,3 +337,171 @@ fn a_closed_stdout_ends_quietly_with_the_commands_exit_code() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+// Item 4: help that fits the command.
+
+#[test]
+fn help_lists_only_flags_that_do_something_there() {
+    let help = |args: &[&str]| {
+        let out = billpipe(args);
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        out.stdout
+    };
+    let plan = help(&["plan", "--help"]);
+    assert!(
+        plan.lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("Print what `run` would do with every object"),
+        "{plan}"
+    );
+    for flag in [
+        "--zstd-level",
+        "--jobs",
+        "--part-mb",
+        "--profile",
+        "--lock-timeout",
+    ] {
+        assert!(!plan.contains(flag), "plan --help lists {flag}:\n{plan}");
+    }
+    for cmd in [
+        &["state", "--help"][..],
+        &["state", "reset", "--help"],
+        &["totals", "--help"],
+        &["validate", "--help"],
+    ] {
+        let text = help(cmd);
+        assert!(
+            !text.contains("--part-mb"),
+            "{cmd:?} lists --part-mb:\n{text}"
+        );
+    }
+    let reset = help(&["state", "reset", "--help"]);
+    assert!(
+        reset.contains("--account <ACCOUNT>            Only units of this billing account"),
+        "{reset}"
+    );
+    assert!(
+        reset.contains("--month <MONTH>                Only units of this billing month (YYYY-MM)"),
+        "{reset}"
+    );
+    let run = help(&["run", "--help"]);
+    for shown in [
+        "[default: 3]",
+        "[default: 1]",
+        "[default: 120]",
+        "in MiB (at least 5) [default: 16]",
+    ] {
+        assert!(run.contains(shown), "run --help lacks {shown}:\n{run}");
+    }
+    // `plan` still takes `run`'s command line as it is.
+    let dir = tempfile::tempdir().unwrap();
+    let out = billpipe(&[
+        "plan",
+        "--source",
+        "testdata/bucket",
+        "--dest",
+        dir.path().join("lake").to_str().unwrap(),
+        "--zstd-level",
+        "9",
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .ends_with("13 objects: 4 to ingest, 0 to replace, 9 to skip\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+// Item 1: S3 without credentials.
+
+/// billpipe with no AWS credentials anywhere (environment, files, instance metadata).
+fn without_credentials(args: &[&str]) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env_remove("BILLPIPE_LOG")
+        .env("HOME", home.path())
+        .env_remove("AWS_CONFIG_FILE")
+        .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+const NO_CREDENTIALS: &str = "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for COS: your SecretId and SecretKey), or a profile (AWS_PROFILE, ~/.aws/credentials); BILLPIPE_LOG=info (or run -v) shows where billpipe looked";
+
+#[test]
+fn s3_without_credentials_says_which_keys_to_give_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let l = lake.to_str().unwrap();
+    for endpoint in [&["--endpoint", "http://127.0.0.1:9"][..], &[]] {
+        let mut args = vec![
+            "run",
+            "--source",
+            "s3://bills/focus",
+            "--dest",
+            l,
+            "--region",
+            "ap-guangzhou",
+        ];
+        args.extend_from_slice(endpoint);
+        let out = without_credentials(&args);
+        assert_fails(
+            &out,
+            1,
+            &format!(
+                "billpipe: error: run s3://bills/focus -> {l}: configuration: {NO_CREDENTIALS}"
+            ),
+        );
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "no SDK dumps:\n{}",
+            out.stderr
+        );
+    }
+    let out = without_credentials(&["state", "--dest", "s3://lake", "--region", "ap-guangzhou"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.ends_with(&format!("{NO_CREDENTIALS}\n")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    // The chain's detail at -v.
+    let out = without_credentials(&[
+        "run",
+        "-v",
+        "--source",
+        "s3://bills",
+        "--dest",
+        l,
+        "--region",
+        "ap-guangzhou",
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("S3 credential chain: "),
+        "{}",
+        out.stderr
+    );
+    no_lake_written(&lake);
+}
