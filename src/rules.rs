@@ -1040,6 +1040,28 @@ mod tests {
     }
 
     #[test]
+    fn new_kinds_are_checked_when_loaded() {
+        let def = |text: &str| -> RuleDef { toml::from_str(text).unwrap() };
+        let base = "id = \"X\"\nmessage = \"m\"\n";
+        let parent = def(&format!(
+            "{base}kind = \"parent\"\ncolumns = [\"ServiceSubcategory\", \"ServiceCategory\"]"
+        ));
+        assert!(check_def(&parent).unwrap_err().contains("parents table"));
+        let value = def(&format!(
+            "{base}kind = \"value\"\ncolumns = [\"PricingCategory\"]"
+        ));
+        assert!(check_def(&value).unwrap_err().contains("needs a value"));
+        let zero = def(&format!(
+            "{base}kind = \"zero\"\ncolumns = [\"BilledCost\"]\nwhen_differ = [\"PublisherName\"]"
+        ));
+        assert!(check_def(&zero).unwrap_err().contains("two columns"));
+        let ok = def(&format!(
+            "{base}kind = \"zero\"\ncolumns = [\"BilledCost\"]\nwhen_differ = [\"PublisherName\", \"ProviderName\"]"
+        ));
+        assert_eq!(check_def(&ok), Ok(()));
+    }
+
+    #[test]
     fn month_bounds_read_the_month_at_its_offset() {
         // December 2025 in Beijing time starts 2025-11-30T16:00:00Z.
         let (lo, hi) = month_bounds("2025-12", 8 * 3600).unwrap();
