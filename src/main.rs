@@ -50,6 +50,17 @@ enum Command {
     Validate(ValidateArgs),
     /// Write a deterministic, realistic Tencent FOCUS CSV (tests, examples, benchmarks).
     Generate(GenerateArgs),
+    /// Print a shell completion script, e.g. `billpipe completions bash > /etc/bash_completion.d/billpipe`.
+    Completions {
+        /// The shell to complete in
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page billpipe(1), or billpipe-COMMAND(1), generated from the same
+    /// definitions as --help.
+    Man {
+        /// A command (run, plan, state, totals, validate, generate) for its own page
+        command: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -457,7 +468,10 @@ fn check(command: &Command) -> std::result::Result<(), clap::Error> {
             }
             Ok(())
         }
-        Command::Totals(_) | Command::Generate(_) => Ok(()),
+        Command::Totals(_)
+        | Command::Generate(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => Ok(()),
     }
 }
 
@@ -627,6 +641,30 @@ fn dispatch(command: Command) -> Result<i32> {
         Command::Totals(args) => totals(args),
         Command::Validate(args) => validate(args),
         Command::Generate(args) => generate(args),
+        Command::Completions { shell } => {
+            // Rendered whole, then written through `out`, so `| head` ends quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), "billpipe", &mut script);
+            outp!("{}", String::from_utf8_lossy(&script));
+            Ok(0)
+        }
+        Command::Man { command } => {
+            let mut cmd = cli_command();
+            cmd.build();
+            let cmd = match &command {
+                None => cmd,
+                Some(name) => match cmd.find_subcommand(name) {
+                    Some(sub) => sub.clone().version(env!("CARGO_PKG_VERSION")),
+                    None => usage_error(&["man"], format!("no command {name:?}")).exit(),
+                },
+            };
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .context("rendering the manual page")?;
+            outp!("{}", String::from_utf8_lossy(&page));
+            Ok(0)
+        }
     }
 }
 

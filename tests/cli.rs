@@ -505,3 +505,41 @@ fn s3_without_credentials_says_which_keys_to_give_in_one_line() {
     );
     no_lake_written(&lake);
 }
+
+// Item 6: completions and manual pages from the same definitions as --help.
+
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line() {
+    let out = billpipe(&["completions", "bash"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().next(), Some("_billpipe() {"));
+    assert!(out.stdout.contains("--zstd-level"), "run's flags complete");
+    for shell in ["zsh", "fish"] {
+        let out = billpipe(&["completions", shell]);
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        assert!(out.stdout.contains("state"), "{shell}");
+    }
+    let out = billpipe(&["completions", "tcsh"]);
+    assert_fails(&out, 2, "error: invalid value 'tcsh' for '<SHELL>'");
+
+    let out = billpipe(&["man"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(".TH billpipe 1"), "{}", out.stdout);
+    let out = billpipe(&["man", "run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!(
+            ".TH billpipe-run 1  \"run {}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("zstd compression level"),
+        "{}",
+        out.stdout
+    );
+    let out = billpipe(&["man", "nope"]);
+    assert_fails(&out, 2, "error: no command \"nope\"");
+}
