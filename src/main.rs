@@ -726,6 +726,7 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
             return Err(anyhow::Error::new(e).context(what));
         }
     };
+    log_decisions(&report);
     if !args.quiet {
         outp!("{}", report.human(args.verbose));
     } else if let Some(e) = &report.error {
@@ -740,6 +741,34 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
         std::fs::write(path, json).with_context(|| format!("writing report {}", path.display()))?;
     }
     Ok(report.exit_code())
+}
+
+/// At `BILLPIPE_LOG=debug`: the decision about every object, with its reason, and where a
+/// loaded object's time went (the report's per-stage seconds), one line each.
+fn log_decisions(report: &RunReport) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    for o in &report.objects {
+        let outcome = serde_json::to_value(o.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        tracing::debug!(key = %o.key, "decision: {outcome} - {}", o.reason);
+        if o.bytes_read > 0 {
+            tracing::debug!(
+                key = %o.key,
+                "stages: fetch {:.3} s, decode {:.3} s, write {:.3} s, commit {:.3} s; {} bytes read, {} written, {:.3} s in all",
+                o.stages.fetch,
+                o.stages.decode,
+                o.stages.write,
+                o.stages.commit,
+                o.bytes_read,
+                o.bytes_written,
+                o.seconds
+            );
+        }
+    }
 }
 
 /// Progress bars on a terminal; on anything else (cron, Kubernetes logs) a plain line per

@@ -543,3 +543,42 @@ fn completions_and_man_pages_are_generated_from_the_command_line() {
     let out = billpipe(&["man", "nope"]);
     assert_fails(&out, 2, "error: no command \"nope\"");
 }
+
+// Item 5: debug logging shows each object's decision and where its time went.
+
+#[test]
+fn debug_logging_shows_each_decision_and_its_stage_seconds() {
+    let lake = tempfile::tempdir().unwrap();
+    let out = common::billpipe_env(
+        &[
+            "run",
+            "-q",
+            "--source",
+            "testdata/bucket",
+            "--dest",
+            lake.path().to_str().unwrap(),
+        ],
+        &[("BILLPIPE_LOG", "billpipe=debug")],
+    );
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let key = "key=billing/focus/FOCUS-bill_details-200020002001-202511.CSV";
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.ends_with(key)).collect();
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "DEBUG decision: ingest - first snapshot of tencent/200020002001/2025-11 (monthly final)"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("DEBUG stages: fetch ")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("DEBUG decision: skip - not a bill file"),
+        "{}",
+        out.stderr
+    );
+}
