@@ -90,15 +90,6 @@ pub struct RowTally {
 }
 
 impl RowTally {
-    pub fn add(&mut self, other: &RowTally) {
-        self.rows_read += other.rows_read;
-        self.rows_loaded += other.rows_loaded;
-        self.rows_held_out += other.rows_held_out;
-        self.cost_loaded += other.cost_loaded;
-        self.cost_held_out += other.cost_held_out;
-        self.cost_unreadable_rows += other.cost_unreadable_rows;
-    }
-
     /// BilledCost of every row whose BilledCost could be read.
     pub fn cost_read(&self) -> i128 {
         self.cost_loaded + self.cost_held_out

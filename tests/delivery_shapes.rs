@@ -197,18 +197,7 @@ fn an_unreadable_or_much_smaller_file_never_replaces_a_good_snapshot() {
     // Day 10 with a trailing comma on every line: no row lines up with the header.
     let day10 = focus(src.path(), &options(A, "2025-12", Some(10), 1));
     let text = std::fs::read_to_string(&day10).unwrap();
-    let broken: Vec<String> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            if i == 0 {
-                l.to_string()
-            } else {
-                format!("{l},")
-            }
-        })
-        .collect();
-    std::fs::write(&day10, broken.join("\r\n") + "\r\n").unwrap();
+    std::fs::write(&day10, misaligned(&text, ",")).unwrap();
     let (out, report) = step(src.path(), lake.path(), &[]);
     assert_eq!(out.code, 3);
     let key10 = day10.file_name().unwrap().to_str().unwrap().to_string();

@@ -315,18 +315,7 @@ snapshot = "final"
                 }
                 let mut body = Vec::new();
                 write_focus_csv(&options(account, month, Some(day), content), &mut body).unwrap();
-                let text = String::from_utf8(body).unwrap();
-                let broken: Vec<String> = text
-                    .lines()
-                    .enumerate()
-                    .map(|(i, l)| {
-                        if i == 0 {
-                            l.to_string()
-                        } else {
-                            format!("{l},x")
-                        }
-                    })
-                    .collect();
+                let broken = misaligned(&String::from_utf8(body).unwrap(), ",x");
                 let date = name.rsplit('-').next().unwrap().trim_end_matches(".CSV");
                 let d = Delivered {
                     account: account.into(),
@@ -336,7 +325,7 @@ snapshot = "final"
                     totals: None,
                     part_of: None,
                 };
-                (key, (broken.join("\r\n") + "\r\n").into_bytes(), d)
+                (key, broken, d)
             }
         };
         put_at(src.path(), &key, &body, modified);

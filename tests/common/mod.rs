@@ -508,3 +508,20 @@ pub fn pipeline_with(dir: &Path, families: &str) -> String {
     std::fs::write(&path, text).unwrap();
     path.to_str().unwrap().to_string()
 }
+
+/// `csv` with `tail` appended to every data line (not the header), CRLF-terminated: rows whose
+/// fields no longer line up with the header, so not one of them can be loaded.
+pub fn misaligned(csv: &str, tail: &str) -> Vec<u8> {
+    let lines: Vec<String> = csv
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.to_string()
+            } else {
+                format!("{l}{tail}")
+            }
+        })
+        .collect();
+    (lines.join("\r\n") + "\r\n").into_bytes()
+}
