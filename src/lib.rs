@@ -12,25 +12,13 @@
 //! `run` wires the stages together, `totals` sums the lake as its readers see it, and `generate`
 //! makes realistic test and benchmark input.
 
-pub mod classify;
-pub mod decode;
+pub mod conformance;
 pub mod error;
-pub mod fetch;
 pub mod generate;
-pub mod lake;
-pub mod ledger;
-pub mod lock;
-pub mod mapping;
-pub mod plan;
-pub mod report;
-pub mod rules;
-pub mod run;
-pub mod s3;
-pub mod schema;
-pub mod source;
+pub mod ingest;
+pub mod job;
+pub mod state;
+pub mod store;
 pub mod totals;
-pub mod unpack;
-pub mod validate;
-pub mod write;
 
 pub use error::{Error, Result};

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use billpipe::generate::{self, GenerateOptions};
-use billpipe::lock::LockOptions;
-use billpipe::plan::PlanOptions;
-use billpipe::report::{RunReport, EXIT_FAILED, EXIT_LOCKED};
-use billpipe::run::{self, Progress, ResetFilter, RunOptions};
-use billpipe::s3::S3Options;
-use billpipe::write::WriteOptions;
+use billpipe::ingest::write::WriteOptions;
+use billpipe::job::report::{RunReport, EXIT_FAILED, EXIT_LOCKED};
+use billpipe::job::run::{self, Progress, ResetFilter, RunOptions};
+use billpipe::state::lock::LockOptions;
+use billpipe::state::plan::PlanOptions;
+use billpipe::store::s3::S3Options;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -456,7 +456,7 @@ fn check(command: &Command) -> std::result::Result<(), clap::Error> {
             check_profile(&a.profile, schema_dir).map_err(|m| usage_error(&["validate"], m))?;
             if let Some(v) = &a.focus_version {
                 // Without the schemas the check is left to `validate_file`, which says so.
-                if let Ok(known) = billpipe::schema::focus_versions(schema_dir) {
+                if let Ok(known) = billpipe::conformance::schema::focus_versions(schema_dir) {
                     if !known.iter().any(|s| &s.version == v) {
                         let names: Vec<&str> = known.iter().map(|s| s.version.as_str()).collect();
                         return Err(usage_error(
@@ -494,12 +494,12 @@ fn check_job(a: &RunArgs, name: &str) -> std::result::Result<(), clap::Error> {
     if let Some(profile) = &a.profile {
         // The pipeline's schema folder holds its profiles; a pipeline that does not load is
         // reported by the run itself (exit 1, configuration).
-        if let Ok(pipeline) = billpipe::classify::Pipeline::load(a.pipeline.as_deref()) {
+        if let Ok(pipeline) = billpipe::state::classify::Pipeline::load(a.pipeline.as_deref()) {
             check_profile(profile, pipeline.schema_dir.as_deref())
                 .map_err(|m| usage_error(&path, m))?;
         }
     }
-    if billpipe::s3::S3Location::parse(&a.source).is_none()
+    if billpipe::store::s3::S3Location::parse(&a.source).is_none()
         && std::path::Path::new(&a.source).is_file()
     {
         return Err(usage_error(
@@ -520,8 +520,8 @@ fn check_job(a: &RunArgs, name: &str) -> std::result::Result<(), clap::Error> {
 /// objects of the source on every run.
 fn dest_inside_source(source: &str, dest: &str) -> Option<String> {
     let inside = match (
-        billpipe::s3::S3Location::parse(source),
-        billpipe::s3::S3Location::parse(dest),
+        billpipe::store::s3::S3Location::parse(source),
+        billpipe::store::s3::S3Location::parse(dest),
     ) {
         (Some(s), Some(d)) => s.bucket == d.bucket && d.prefix.starts_with(&s.prefix),
         (None, None) => {
@@ -541,7 +541,7 @@ fn dest_inside_source(source: &str, dest: &str) -> Option<String> {
 /// An absolute path with symbolic links and `..` resolved as far as it exists (the lake's
 /// folder may not exist yet).
 fn resolve(p: &std::path::Path) -> PathBuf {
-    if let Some(loc) = billpipe::s3::S3Location::parse(&p.to_string_lossy()) {
+    if let Some(loc) = billpipe::store::s3::S3Location::parse(&p.to_string_lossy()) {
         return PathBuf::from(loc.uri());
     }
     let mut abs = PathBuf::new();
@@ -579,7 +579,7 @@ fn resolve(p: &std::path::Path) -> PathBuf {
 /// A profile name must name a profile (`schemas/profile-<name>.toml` or a built-in one), a
 /// `.toml` argument must be a readable profile file.
 fn check_profile(name: &str, dir: Option<&std::path::Path>) -> std::result::Result<(), String> {
-    use billpipe::rules::Profile;
+    use billpipe::conformance::rules::Profile;
     let Err(e) = Profile::load(name, dir) else {
         return Ok(());
     };
@@ -858,12 +858,14 @@ fn state(args: StateArgs) -> Result<i32> {
         .context("--dest is required: the lake whose state to show")?;
     let s3 = args.s3.options();
     // An empty table for a mistyped path would read as "nothing loaded yet".
-    let lake = billpipe::lake::open(&dest, false, || billpipe::s3::S3Context::connect(&s3))
-        .with_context(|| format!("opening the lake {dest}"))?;
-    if lake.get(billpipe::ledger::LEDGER_PATH)?.is_none() {
+    let lake = billpipe::store::lake::open(&dest, false, || {
+        billpipe::store::s3::S3Context::connect(&s3)
+    })
+    .with_context(|| format!("opening the lake {dest}"))?;
+    if lake.get(billpipe::state::ledger::LEDGER_PATH)?.is_none() {
         anyhow::bail!(
             "no lake at {dest}: it has no {} (a lake is what `billpipe run --dest {dest}` writes)",
-            billpipe::ledger::LEDGER_PATH
+            billpipe::state::ledger::LEDGER_PATH
         );
     }
     drop(lake);
@@ -937,19 +939,19 @@ fn state(args: StateArgs) -> Result<i32> {
 fn validate(args: ValidateArgs) -> Result<i32> {
     let dir = std::path::Path::new("schemas");
     let schema_dir = dir.is_dir().then_some(dir);
-    let profile = billpipe::rules::Profile::load(&args.profile, schema_dir)?;
+    let profile = billpipe::conformance::rules::Profile::load(&args.profile, schema_dir)?;
     if let Some(v) = &args.focus_version {
-        let known = billpipe::schema::focus_versions(schema_dir)?;
+        let known = billpipe::conformance::schema::focus_versions(schema_dir)?;
         if !known.iter().any(|s| &s.version == v) {
             let names: Vec<&str> = known.iter().map(|s| s.version.as_str()).collect();
             anyhow::bail!("unknown FOCUS version {v:?}; known: {}", names.join(", "));
         }
     }
     // The default pipeline's file families tell the billing month a file's name gives.
-    let pipeline = billpipe::classify::Pipeline::load(None).ok();
+    let pipeline = billpipe::state::classify::Pipeline::load(None).ok();
     let mut verdicts = Vec::new();
     for file in &args.files {
-        let v = billpipe::validate::validate_file(
+        let v = billpipe::conformance::validate::validate_file(
             file,
             &args.s3.options(),
             args.focus_version.as_deref(),
@@ -998,11 +1000,11 @@ fn validate(args: ValidateArgs) -> Result<i32> {
             let (mut errors, mut warnings) = (0u64, 0u64);
             for (id, r) in &v.rules {
                 let sev = match r.severity {
-                    Some(billpipe::rules::Severity::Error) => {
+                    Some(billpipe::conformance::rules::Severity::Error) => {
                         errors += r.count;
                         "error"
                     }
-                    Some(billpipe::rules::Severity::Quarantine) => {
+                    Some(billpipe::conformance::rules::Severity::Quarantine) => {
                         errors += r.count;
                         "quarantine"
                     }
@@ -1027,7 +1029,7 @@ fn validate(args: ValidateArgs) -> Result<i32> {
     Ok(if passed {
         0
     } else {
-        billpipe::report::EXIT_REJECTIONS
+        billpipe::job::report::EXIT_REJECTIONS
     })
 }
 

@@ -12,7 +12,7 @@
 //!
 //! The lake is listed with [`Lake::list`]; every `billing_period=*/billing_account_id=*/*.parquet`
 //! file counts (`_billpipe/` and `_quarantine/` do not), with the partition values read from the
-//! path and Hive-unescaped (see [`crate::write::hive_escape`]). Only the needed columns are read.
+//! path and Hive-unescaped (see [`crate::ingest::write::hive_escape`]). Only the needed columns are read.
 //! Money is summed as `i128` at the file's decimal scale — exactly, never as floating point — and a
 //! null is counted as a null, never as 0: a column that is null in every row has no sum at all.
 
@@ -30,11 +30,11 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::reader::ChunkReader;
 use serde::Serialize;
 
-use crate::classify::{Pipeline, SnapshotRank};
-use crate::decode::format_decimal;
-use crate::lake;
-use crate::ledger::{Ledger, LedgerEntry, LEDGER_PATH};
-use crate::s3::{S3Context, S3Location, S3Options};
+use crate::ingest::decode::format_decimal;
+use crate::state::classify::{Pipeline, SnapshotRank};
+use crate::state::ledger::{Ledger, LedgerEntry, LEDGER_PATH};
+use crate::store::lake;
+use crate::store::s3::{S3Context, S3Location, S3Options};
 use crate::{Error, Result};
 
 const BILLED: &str = "BilledCost";
@@ -440,7 +440,7 @@ pub fn partition_of(rel: &str) -> Result<Option<(String, String)>> {
     )))
 }
 
-/// Undoes [`crate::write::hive_escape`]: `%XX` is the byte XX. As in Hive, a `%` not followed by
+/// Undoes [`crate::ingest::write::hive_escape`]: `%XX` is the byte XX. As in Hive, a `%` not followed by
 /// two hex digits stands for itself.
 pub fn hive_unescape(value: &str, rel: &str) -> Result<String> {
     let bytes = value.as_bytes();
@@ -1073,7 +1073,7 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::write::hive_escape;
+    use crate::ingest::write::hive_escape;
 
     #[test]
     fn unescapes_what_write_escapes() {

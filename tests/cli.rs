@@ -277,7 +277,7 @@ fn a_stale_lock_takeover_is_said_once() {
     let mut child = Command::new("true").spawn().unwrap();
     let pid = child.id();
     child.wait().unwrap();
-    let ns = billpipe::lock::pid_namespace().expect("/proc on the test machine");
+    let ns = billpipe::state::lock::pid_namespace().expect("/proc on the test machine");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{Array, Decimal128Array, StringArray};
 use billpipe::generate::{write_detail_csv, GenerateOptions};
-use billpipe::write::{partition_value, CAPPED_MARK, MAX_PARTITION_VALUE_BYTES};
+use billpipe::ingest::write::{partition_value, CAPPED_MARK, MAX_PARTITION_VALUE_BYTES};
 use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rust_decimal::Decimal;
@@ -164,7 +164,7 @@ fn write_lock(lake: &Path, pid: u32, heartbeat_offset: i64, ns: Option<&str>) {
 
 /// This process's boot id and pid namespace, as billpipe records them in its lock.
 fn this_pid_namespace() -> String {
-    billpipe::lock::pid_namespace().expect("/proc on the test machine")
+    billpipe::state::lock::pid_namespace().expect("/proc on the test machine")
 }
 
 /// The example bucket's lake, exactly (README quickstart): rows and BilledCost per partition.
@@ -574,10 +574,10 @@ fn s3_lake_a_second_run_and_a_reset_during_a_load_exit_4_and_kills_leave_no_temp
     let ctx = s3_context();
     let bucket = s3_bucket(&ctx, "race");
     let dest = format!("s3://{bucket}/lake");
-    let location = billpipe::s3::S3Location::parse(&dest).unwrap();
+    let location = billpipe::store::s3::S3Location::parse(&dest).unwrap();
     let prefix = format!(
         "billpipe-staging-{:016x}-",
-        billpipe::write::stable_hash(location.uri().as_bytes()) as u64
+        billpipe::ingest::write::stable_hash(location.uri().as_bytes()) as u64
     );
     let temp = std::env::temp_dir();
     let ours = |suffix: &str| -> Vec<PathBuf> {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use aws_sdk_s3::primitives::ByteStream;
 use billpipe::generate::{object_name, write_focus_csv, GenerateOptions};
-use billpipe::s3::S3Context;
+use billpipe::store::s3::S3Context;
 use common::*;
 
 /// Rows per day that make a Parquet file over 5 MiB (about 40 MB of CSV).

@@ -160,7 +160,7 @@ fn documented() -> Vec<&'static str> {
     all
 }
 
-/// How the mapping compares keys (src/mapping.rs `normalise`): trimmed, lower-case.
+/// How the mapping compares keys (src/conformance/mapping.rs `normalise`): trimmed, lower-case.
 fn norm(s: &str) -> String {
     s.trim().to_lowercase()
 }

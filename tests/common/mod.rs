@@ -239,8 +239,8 @@ pub fn s3_endpoint() -> String {
 }
 
 /// A client of the S3 test server.
-pub fn s3_context() -> billpipe::s3::S3Context {
-    billpipe::s3::S3Context::connect(&billpipe::s3::S3Options {
+pub fn s3_context() -> billpipe::store::s3::S3Context {
+    billpipe::store::s3::S3Context::connect(&billpipe::store::s3::S3Options {
         endpoint: Some(s3_endpoint()),
         region: Some("garage".into()),
         path_style: true,
@@ -251,7 +251,7 @@ pub fn s3_context() -> billpipe::s3::S3Context {
 }
 
 /// Creates a bucket with a unique name starting with `name`.
-pub fn s3_bucket(ctx: &billpipe::s3::S3Context, name: &str) -> String {
+pub fn s3_bucket(ctx: &billpipe::store::s3::S3Context, name: &str) -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -260,12 +260,17 @@ pub fn s3_bucket(ctx: &billpipe::s3::S3Context, name: &str) -> String {
     let bucket = format!("{name}-{}-{stamp}", std::process::id());
     ctx.runtime
         .block_on(ctx.client.create_bucket().bucket(&bucket).send())
-        .unwrap_or_else(|e| panic!("create bucket {bucket}: {}", billpipe::s3::describe(&e)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "create bucket {bucket}: {}",
+                billpipe::store::s3::describe(&e)
+            )
+        });
     bucket
 }
 
 /// Uploads one object.
-pub fn s3_put(ctx: &billpipe::s3::S3Context, bucket: &str, key: &str, body: Vec<u8>) {
+pub fn s3_put(ctx: &billpipe::store::s3::S3Context, bucket: &str, key: &str, body: Vec<u8>) {
     ctx.runtime
         .block_on(
             ctx.client
@@ -275,7 +280,7 @@ pub fn s3_put(ctx: &billpipe::s3::S3Context, bucket: &str, key: &str, body: Vec<
                 .body(aws_sdk_s3::primitives::ByteStream::from(body))
                 .send(),
         )
-        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {}", billpipe::s3::describe(&e)));
+        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {}", billpipe::store::s3::describe(&e)));
 }
 
 /// Uploads every file of a folder (flat) to a new bucket; returns its `s3://` URI.
@@ -353,7 +358,7 @@ pub fn split_csv(data: &[u8], n: usize) -> Vec<Vec<u8>> {
 
 /// (key, etag, last-modified) of every object under a prefix.
 pub fn s3_list(
-    ctx: &billpipe::s3::S3Context,
+    ctx: &billpipe::store::s3::S3Context,
     bucket: &str,
     prefix: &str,
 ) -> std::collections::BTreeMap<String, (String, String)> {
@@ -387,7 +392,7 @@ pub fn s3_list(
     })
 }
 
-pub fn s3_lake_sums(ctx: &billpipe::s3::S3Context, bucket: &str, prefix: &str) -> Sums {
+pub fn s3_lake_sums(ctx: &billpipe::store::s3::S3Context, bucket: &str, prefix: &str) -> Sums {
     let mut sums = Sums::new();
     for key in s3_list(ctx, bucket, prefix).keys() {
         let rel = key.strip_prefix(prefix).unwrap();

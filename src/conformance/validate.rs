@@ -31,11 +31,11 @@ use std::collections::HashMap;
 use arrow_array::{Array, BooleanArray, Decimal128Array, Int64Array, RecordBatch};
 use arrow_select::filter::filter_record_batch;
 
-use crate::decode::{Finding, FindingKind, Layout, RowProblem, SOURCE_LINE_COLUMN};
-use crate::rules::{
+use crate::conformance::rules::{
     self, CompiledRule, FileContext, FileState, Level, Profile, RuleCounts, Severity,
 };
-use crate::schema::{FeatureLevel, Schema};
+use crate::conformance::schema::{FeatureLevel, Schema};
+use crate::ingest::decode::{Finding, FindingKind, Layout, RowProblem, SOURCE_LINE_COLUMN};
 use crate::{Error, Result};
 
 /// What a file's header says about it, for the report.
@@ -561,65 +561,66 @@ impl FileVerdict {
 /// `pipeline` names the billing month a file's name gives (for `BillingPeriod.FileName`).
 pub fn validate_file(
     uri: &str,
-    s3: &crate::s3::S3Options,
+    s3: &crate::store::s3::S3Options,
     version: Option<&str>,
     profile: &Profile,
     schema_dir: Option<&std::path::Path>,
-    pipeline: Option<&crate::classify::Pipeline>,
+    pipeline: Option<&crate::state::classify::Pipeline>,
 ) -> Result<FileVerdict> {
-    use crate::decode::{CsvDecoder, DecodeOptions};
-    use crate::source::{LocalSource, ObjectInfo, S3Source, Source};
+    use crate::ingest::decode::{CsvDecoder, DecodeOptions};
+    use crate::store::source::{LocalSource, ObjectInfo, S3Source, Source};
     use std::io::Read;
     use std::sync::Arc;
 
-    let (source, object): (Arc<dyn Source>, ObjectInfo) = match crate::s3::S3Location::parse(uri) {
-        Some(loc) => {
-            let key = loc.prefix.trim_end_matches('/').to_string();
-            let root = crate::s3::S3Location {
-                bucket: loc.bucket,
-                prefix: String::new(),
-            };
-            let ctx = crate::s3::S3Context::connect(s3)?;
-            let object = ObjectInfo {
-                key,
-                size: 0,
-                etag: String::new(),
-                last_modified: None,
-            };
-            (Arc::new(S3Source::new(root, ctx)), object)
-        }
-        None => {
-            let path = std::path::Path::new(uri);
-            let size = std::fs::metadata(path)
-                .map_err(|e| Error::io(path, e))?
-                .len();
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let key = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let object = ObjectInfo {
-                key,
-                size,
-                etag: String::new(),
-                last_modified: None,
-            };
-            (Arc::new(LocalSource::new(dir)), object)
-        }
-    };
-    let versions = crate::schema::focus_versions(schema_dir)?;
+    let (source, object): (Arc<dyn Source>, ObjectInfo) =
+        match crate::store::s3::S3Location::parse(uri) {
+            Some(loc) => {
+                let key = loc.prefix.trim_end_matches('/').to_string();
+                let root = crate::store::s3::S3Location {
+                    bucket: loc.bucket,
+                    prefix: String::new(),
+                };
+                let ctx = crate::store::s3::S3Context::connect(s3)?;
+                let object = ObjectInfo {
+                    key,
+                    size: 0,
+                    etag: String::new(),
+                    last_modified: None,
+                };
+                (Arc::new(S3Source::new(root, ctx)), object)
+            }
+            None => {
+                let path = std::path::Path::new(uri);
+                let size = std::fs::metadata(path)
+                    .map_err(|e| Error::io(path, e))?
+                    .len();
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let key = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let object = ObjectInfo {
+                    key,
+                    size,
+                    etag: String::new(),
+                    last_modified: None,
+                };
+                (Arc::new(LocalSource::new(dir)), object)
+            }
+        };
+    let versions = crate::conformance::schema::focus_versions(schema_dir)?;
     let mut check = CheckContext {
-        column_versions: Arc::new(crate::schema::column_versions(&versions)),
+        column_versions: Arc::new(crate::conformance::schema::column_versions(&versions)),
         mode: CheckMode::Judge,
         ..CheckContext::default()
     };
     let mut name_month = None;
     if let Some(p) = pipeline {
-        if let crate::classify::Classification::Bill(bill) = p.classify(&object) {
-            let offset = crate::decode::parse_offset(&p.partition.period_utc_offset)?;
+        if let crate::state::classify::Classification::Bill(bill) = p.classify(&object) {
+            let offset = crate::ingest::decode::parse_offset(&p.partition.period_utc_offset)?;
             check.file.name_period = rules::month_bounds(&bill.unit.month, offset);
             name_month = Some(bill.unit.month);
         }
@@ -640,7 +641,7 @@ pub fn validate_file(
         rules: RuleCounts::new(),
         file_error: None,
     };
-    let (reader, fetcher) = crate::fetch::spawn(source, object.clone())?;
+    let (reader, fetcher) = crate::ingest::fetch::spawn(source, object.clone())?;
     let spill = std::env::temp_dir().join(format!("billpipe-validate-{}", std::process::id()));
     // Placeholders FOCUS forbids are read as null and reported (NullPlaceholder.<Column>), so a
     // placeholder in a column that allows no nulls also shows under NotNull.<Column>.
@@ -651,7 +652,7 @@ pub fn validate_file(
             .collect(),
         ..DecodeOptions::default()
     };
-    let result = crate::unpack::for_each_member(
+    let result = crate::ingest::unpack::for_each_member(
         reader,
         &object.key,
         &Default::default(),
@@ -684,7 +685,7 @@ pub fn validate_file(
                         .split(',')
                         .map(|h| h.trim().trim_matches('"').to_string())
                         .collect();
-                    crate::schema::detect_version(&header, &versions)
+                    crate::conformance::schema::detect_version(&header, &versions)
                         .ok_or_else(|| Error::Config("no FOCUS schema found".into()))?
                 }
             };
@@ -705,7 +706,7 @@ pub fn validate_file(
 }
 
 fn check_rows<R: std::io::Read>(
-    decoder: crate::decode::CsvDecoder<R>,
+    decoder: crate::ingest::decode::CsvDecoder<R>,
     schema: &Schema,
     profile: &Profile,
     ctx: &CheckContext,

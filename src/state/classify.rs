@@ -13,12 +13,12 @@ use chrono::NaiveDate;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::mapping::Mapping;
-use crate::schema::Schema;
-use crate::source::ObjectInfo;
+use crate::conformance::mapping::Mapping;
+use crate::conformance::schema::Schema;
+use crate::store::source::ObjectInfo;
 use crate::{Error, Result};
 
-const EMBEDDED_DEFAULT: &str = include_str!("../pipelines/tencent.toml");
+const EMBEDDED_DEFAULT: &str = include_str!("../../pipelines/tencent.toml");
 pub const DEFAULT_PIPELINE: &str = "pipelines/tencent.toml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

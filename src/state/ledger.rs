@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{SnapshotRank, SnapshotUnit};
-use crate::lake::Lake;
-use crate::source::ObjectInfo;
+use crate::state::classify::{SnapshotRank, SnapshotUnit};
+use crate::store::lake::Lake;
+use crate::store::source::ObjectInfo;
 use crate::{Error, Result};
 
 pub const LEDGER_PATH: &str = "_billpipe/ledger.json";

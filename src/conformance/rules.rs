@@ -40,8 +40,8 @@ use arrow_array::{
 use arrow_buffer::BooleanBuffer;
 use serde::{Deserialize, Serialize};
 
-use crate::decode::Layout;
-use crate::schema::Schema;
+use crate::conformance::schema::Schema;
+use crate::ingest::decode::Layout;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -173,16 +173,19 @@ pub enum QuarantineOn {
 }
 
 const EMBEDDED_PROFILES: &[(&str, &str)] = &[
-    ("strict", include_str!("../schemas/profile-strict.toml")),
-    ("tencent", include_str!("../schemas/profile-tencent.toml")),
-    ("off", include_str!("../schemas/profile-off.toml")),
+    ("strict", include_str!("../../schemas/profile-strict.toml")),
+    (
+        "tencent",
+        include_str!("../../schemas/profile-tencent.toml"),
+    ),
+    ("off", include_str!("../../schemas/profile-off.toml")),
     (
         "tencent-l2",
-        include_str!("../schemas/profile-tencent-l2.toml"),
+        include_str!("../../schemas/profile-tencent-l2.toml"),
     ),
     (
         "strict-gate",
-        include_str!("../schemas/profile-strict-gate.toml"),
+        include_str!("../../schemas/profile-strict-gate.toml"),
     ),
 ];
 
@@ -220,7 +223,8 @@ impl Profile {
             std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?
         } else {
             let file = format!("profile-{name}.toml");
-            crate::schema::config_text(dir, &file, name, EMBEDDED_PROFILES, "profile")?.0
+            crate::conformance::schema::config_text(dir, &file, name, EMBEDDED_PROFILES, "profile")?
+                .0
         };
         let mut profile: Profile =
             toml::from_str(&text).map_err(|e| Error::Config(format!("profile {name}: {e}")))?;
@@ -445,7 +449,8 @@ pub fn month_bounds(month: &str, offset_secs: i64) -> Option<(i64, i64)> {
         return None;
     }
     let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    let at = |y, m| (crate::decode::days_from_civil(y, m, 1) * 86_400 - offset_secs) * 1_000_000;
+    let at =
+        |y, m| (crate::ingest::decode::days_from_civil(y, m, 1) * 86_400 - offset_secs) * 1_000_000;
     Some((at(y, m), at(ny, nm)))
 }
 
@@ -998,7 +1003,7 @@ pub fn cell_text(batch: &RecordBatch, column: &str, row: usize) -> String {
         return s.value(row).to_string();
     }
     if let Some(d) = decimals(c) {
-        return crate::decode::format_decimal(d.value(row), d.scale());
+        return crate::ingest::decode::format_decimal(d.value(row), d.scale());
     }
     if let Some(t) = timestamps(c) {
         return t

@@ -14,7 +14,7 @@
 
 use std::io::Write;
 
-use crate::decode::{days_from_civil, format_decimal};
+use crate::ingest::decode::{days_from_civil, format_decimal};
 use crate::{Error, Result};
 
 pub const HEADER: &[&str] = &[
@@ -220,7 +220,7 @@ fn utc_of_beijing(days: i64, secs: i64) -> String {
     let t = days * 86_400 + secs - 8 * 3600;
     let d = t.div_euclid(86_400);
     let s = t.rem_euclid(86_400);
-    let (y, m) = crate::decode::year_month_from_days(d);
+    let (y, m) = crate::ingest::decode::year_month_from_days(d);
     let day = d - days_from_civil(y, m, 1) + 1;
     format!(
         "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}Z",
@@ -419,7 +419,7 @@ pub fn object_name(account: &str, month: &str, through_day: Option<u32>) -> Resu
         None => format!("FOCUS-bill_details-{account}-{y:04}{m:02}.CSV"),
         Some(d) => {
             let delivered = days_from_civil(y, m, 1) + d as i64;
-            let (dy, dm) = crate::decode::year_month_from_days(delivered);
+            let (dy, dm) = crate::ingest::decode::year_month_from_days(delivered);
             let dd = delivered - days_from_civil(dy, dm, 1) + 1;
             format!("FOCUS-bill_details-{account}-{dy:04}{dm:02}{dd:02}.CSV")
         }
@@ -571,7 +571,7 @@ pub fn write_detail_csv(opts: &GenerateOptions, zh: bool, out: impl Write) -> Re
                 opts.account.clone()
             };
             let date = |d: i64, h: u64| {
-                let (yy, mm) = crate::decode::year_month_from_days(d);
+                let (yy, mm) = crate::ingest::decode::year_month_from_days(d);
                 let dd = d - days_from_civil(yy, mm, 1) + 1;
                 format!("{yy:04}-{mm:02}-{dd:02} {h:02}:00:00")
             };

@@ -59,8 +59,8 @@ use csv::ByteRecord;
 
 use std::collections::HashMap;
 
-use crate::mapping::{self, Mapping};
-use crate::schema::{ColumnType, Schema};
+use crate::conformance::mapping::{self, Mapping};
+use crate::conformance::schema::{ColumnType, Schema};
 use crate::{Error, Result};
 
 pub const SOURCE_KEY_COLUMN: &str = "x_SourceKey";
@@ -369,7 +369,7 @@ fn month_bounds_table(offset: &str, bound: usize) -> HashMap<String, Vec<u8>> {
     for y in 2000..2100 {
         for mo in 1..=12u32 {
             let month = format!("{y:04}-{mo:02}");
-            let Some(bounds) = crate::rules::month_bounds(&month, offset_secs) else {
+            let Some(bounds) = crate::conformance::rules::month_bounds(&month, offset_secs) else {
                 continue;
             };
             let micros = if bound == 0 { bounds.0 } else { bounds.1 };
@@ -433,10 +433,10 @@ pub enum FindingKind {
 impl FindingKind {
     /// The severity a finding has when the profile says nothing: a breach of the spec is an
     /// error; a documented rewrite by the mapping is a warning.
-    pub fn default_severity(&self) -> crate::rules::Severity {
+    pub fn default_severity(&self) -> crate::conformance::rules::Severity {
         match self {
-            FindingKind::ZeroedByMapping => crate::rules::Severity::Warning,
-            _ => crate::rules::Severity::Error,
+            FindingKind::ZeroedByMapping => crate::conformance::rules::Severity::Warning,
+            _ => crate::conformance::rules::Severity::Error,
         }
     }
 

@@ -23,9 +23,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::classify::{BillFile, Classification, Pipeline};
-use crate::ledger::Ledger;
-use crate::source::ObjectInfo;
+use crate::state::classify::{BillFile, Classification, Pipeline};
+use crate::state::ledger::Ledger;
+use crate::store::source::ObjectInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,14 +130,14 @@ pub fn plan(
                 .all(|o| listed.get(o.key.as_str()) == Some(&(o.etag.as_str(), o.size)))
         });
         let best = &snapshots[0][0];
-        let same_snapshot = |l: &crate::ledger::LedgerEntry, b: &BillFile| {
+        let same_snapshot = |l: &crate::state::ledger::LedgerEntry, b: &BillFile| {
             let loaded: Vec<&str> = std::iter::once(&l.source)
                 .chain(l.parts.iter())
                 .map(|o| o.key.as_str())
                 .collect();
             b.objects().any(|o| loaded.contains(&o.key.as_str()))
         };
-        let unchanged = |l: &crate::ledger::LedgerEntry, lead: &BillFile| {
+        let unchanged = |l: &crate::state::ledger::LedgerEntry, lead: &BillFile| {
             let mut had: Vec<(&str, &str, u64)> = std::iter::once(&l.source)
                 .chain(l.parts.iter())
                 .map(|o| (o.key.as_str(), o.etag.as_str(), o.size))
@@ -340,7 +340,7 @@ fn group_parts(bills: Vec<BillFile>) -> Vec<Vec<BillFile>> {
 /// or fresh, picks the same one.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Delivery<'a> {
-    rank: &'a crate::classify::SnapshotRank,
+    rank: &'a crate::state::classify::SnapshotRank,
     modified: Option<i64>,
     key: std::cmp::Reverse<&'a str>,
 }
@@ -351,14 +351,14 @@ impl<'a> Delivery<'a> {
         Delivery::new(&bill.rank, &bill.object, bill.objects())
     }
 
-    fn loaded(entry: &'a crate::ledger::LedgerEntry) -> Delivery<'a> {
+    fn loaded(entry: &'a crate::state::ledger::LedgerEntry) -> Delivery<'a> {
         let all = std::iter::once(&entry.source).chain(entry.parts.iter());
         Delivery::new(&entry.rank, &entry.source, all)
     }
 
     /// A snapshot of several parts was delivered when its last part was.
     fn new(
-        rank: &'a crate::classify::SnapshotRank,
+        rank: &'a crate::state::classify::SnapshotRank,
         lead: &'a ObjectInfo,
         objects: impl Iterator<Item = &'a ObjectInfo>,
     ) -> Delivery<'a> {
@@ -379,8 +379,8 @@ impl<'a> Delivery<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::SnapshotRank;
-    use crate::ledger::LedgerEntry;
+    use crate::state::classify::SnapshotRank;
+    use crate::state::ledger::LedgerEntry;
 
     fn obj(key: &str, etag: &str) -> ObjectInfo {
         ObjectInfo {

@@ -35,8 +35,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_smithy_types::byte_stream::Length;
 
-use crate::lock::LOCK_PATH;
-use crate::s3::{describe, S3Context, S3Location};
+use crate::state::lock::LOCK_PATH;
+use crate::store::s3::{describe, S3Context, S3Location};
 use crate::{Error, Result};
 
 /// Files above this go up in parts of this size, unless `S3Options::part_bytes` says otherwise.
@@ -510,7 +510,7 @@ impl S3Lake {
         let run_id = new_run_id();
         // Runs of other lakes on this machine stage beside ours: only this lake's are ours to
         // clear. 64 bits of the URI's hash tell lakes apart.
-        let lake = crate::write::stable_hash(location.uri().as_bytes()) as u64;
+        let lake = crate::ingest::write::stable_hash(location.uri().as_bytes()) as u64;
         let staging_prefix = format!("{S3_STAGING_PREFIX}{lake:016x}-");
         Ok(S3Lake {
             staging: std::env::temp_dir().join(format!("{staging_prefix}{run_id}")),

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
-use crate::source::{ObjectInfo, Source};
+use crate::store::source::{ObjectInfo, Source};
 use crate::{Error, Result};
 
 pub const CHUNK_BYTES: usize = 1 << 20;

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use aws_smithy_types::date_time::Format;
 use serde::{Deserialize, Serialize};
 
-use crate::fetch::ChunkSender;
-use crate::s3::{describe, S3Context, S3Location};
+use crate::ingest::fetch::ChunkSender;
+use crate::store::s3::{describe, S3Context, S3Location};
 use crate::{Error, Result};
 
 /// One listed object. `etag` is an opaque change marker (COS ETags are not MD5s; for local files
@@ -256,7 +256,7 @@ impl Source for LocalSource {
         let mut file = self.open(&object.key, &path)?;
         let mut total = 0u64;
         loop {
-            let mut buf = vec![0u8; crate::fetch::CHUNK_BYTES];
+            let mut buf = vec![0u8; crate::ingest::fetch::CHUNK_BYTES];
             let n = file.read(&mut buf).map_err(|e| Error::io(&path, e))?;
             if n == 0 {
                 break;

@@ -34,7 +34,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use crate::decode::{days_from_civil, year_month_from_days};
+use crate::ingest::decode::{days_from_civil, year_month_from_days};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]

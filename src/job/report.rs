@@ -45,7 +45,7 @@ pub struct ObjectReport {
     /// Where the time went (seconds busy per stage; fetch is wall time of the download).
     pub stages: StageSeconds,
     /// Conformance rules the object's rows broke: severity, count, first examples.
-    pub rules: crate::rules::RuleCounts,
+    pub rules: crate::conformance::rules::RuleCounts,
     /// For a loaded snapshot: its rows and BilledCost from file to lake.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconciliation: Option<Reconciliation>,
@@ -73,8 +73,12 @@ pub struct Reconciliation {
 }
 
 impl Reconciliation {
-    pub fn new(t: &crate::validate::RowTally, lake_cost: i128, scale: i8) -> Reconciliation {
-        let f = |v| crate::decode::format_decimal(v, scale);
+    pub fn new(
+        t: &crate::conformance::validate::RowTally,
+        lake_cost: i128,
+        scale: i8,
+    ) -> Reconciliation {
+        let f = |v| crate::ingest::decode::format_decimal(v, scale);
         Reconciliation {
             rows_read: t.rows_read,
             rows_loaded: t.rows_loaded,
@@ -167,7 +171,10 @@ pub struct LakeGap {
 
 impl LakeGap {
     /// Units of `ledger` in the month range whose snapshot held rows out.
-    pub fn find(ledger: &crate::ledger::Ledger, in_range: impl Fn(&str) -> bool) -> Vec<LakeGap> {
+    pub fn find(
+        ledger: &crate::state::ledger::Ledger,
+        in_range: impl Fn(&str) -> bool,
+    ) -> Vec<LakeGap> {
         ledger
             .units
             .values()
@@ -300,8 +307,8 @@ impl RunReport {
                 let error = r.severity.is_some_and(|s| s.is_error());
                 if error || verbose {
                     let sev = match r.severity {
-                        Some(crate::rules::Severity::Quarantine) => "row(s) held out",
-                        Some(crate::rules::Severity::Error) => "error(s)",
+                        Some(crate::conformance::rules::Severity::Quarantine) => "row(s) held out",
+                        Some(crate::conformance::rules::Severity::Error) => "error(s)",
                         _ => "warning(s)",
                     };
                     s.push_str(&format!(

@@ -14,7 +14,7 @@
 //!   watches it for one heartbeat period (at most [`WATCH_MAX`]). A live holder rewrites it
 //!   within that time whatever its clock says, so a skewed but live lock is not taken over.
 //!
-//! The holder's side is a lease ([`crate::lake::Fence`]): every write of the run goes through the
+//! The holder's side is a lease ([`crate::store::lake::Fence`]): every write of the run goes through the
 //! lake handle's fence, which the lock opens when taken and renews with each heartbeat written.
 //! The heartbeat reads the lock before rewriting it and never overwrites another owner's (or
 //! re-creates a removed one): it marks the fence lost instead, and the run stops at its next
@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::lake::Lake;
+use crate::store::lake::Lake;
 use crate::{Error, Result};
 
 pub const LOCK_PATH: &str = "_billpipe/lock.json";
@@ -380,7 +380,7 @@ impl LakeLock {
         &self.info
     }
 
-    /// `Ok` while this run still holds the lock (see [`crate::lake::Fence::check`]).
+    /// `Ok` while this run still holds the lock (see [`crate::store::lake::Fence::check`]).
     pub fn check(&self) -> Result<()> {
         self.lake.fence().check("the lake")
     }

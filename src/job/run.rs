@@ -32,24 +32,24 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 
-use crate::classify::{Accounts, BillFile, Pipeline};
-use crate::decode::{
+use crate::conformance::mapping::Mapping;
+use crate::conformance::rules::{month_bounds, FileContext, Profile, RuleCounts};
+use crate::conformance::validate::{CheckContext, CheckMode, RowTally, Validator};
+use crate::ingest::decode::{
     format_decimal, parse_offset, CsvDecoder, DecodeOptions, MappedInput, RowProblem,
 };
-use crate::lake::{self, Lake};
-use crate::ledger::{Ledger, LedgerEntry, OutputFile};
-use crate::lock::{self, LockOptions};
-use crate::mapping::Mapping;
-use crate::plan::{self, Action, PlanOptions, PlannedObject};
-use crate::report::{
+use crate::ingest::write::{PartitionedWriter, WriteOptions, WrittenPart};
+use crate::ingest::{fetch, unpack};
+use crate::job::report::{
     LakeGap, ObjectReport, Outcome, Reconciliation, RunReport, StageSeconds, Totals,
 };
-use crate::rules::{month_bounds, FileContext, Profile, RuleCounts};
-use crate::s3::{S3Context, S3Options};
-use crate::source::{self, ObjectInfo, Source};
-use crate::validate::{CheckContext, CheckMode, RowTally, Validator};
-use crate::write::{PartitionedWriter, WriteOptions, WrittenPart};
-use crate::{fetch, unpack};
+use crate::state::classify::{Accounts, BillFile, Pipeline};
+use crate::state::ledger::{Ledger, LedgerEntry, OutputFile};
+use crate::state::lock::{self, LockOptions};
+use crate::state::plan::{self, Action, PlanOptions, PlannedObject};
+use crate::store::lake::{self, Lake};
+use crate::store::s3::{S3Context, S3Options};
+use crate::store::source::{self, ObjectInfo, Source};
 use crate::{Error, Result};
 
 pub const QUARANTINE_DIR: &str = "_quarantine";
@@ -149,10 +149,10 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);
     let mut profile = Profile::load(profile_name, pipeline.schema_dir.as_deref())?;
     if opts.quarantine_on_error {
-        profile.quarantine_on = Some(crate::rules::QuarantineOn::Error);
+        profile.quarantine_on = Some(crate::conformance::rules::QuarantineOn::Error);
     }
-    let column_versions = Arc::new(crate::schema::column_versions(
-        &crate::schema::focus_versions(pipeline.schema_dir.as_deref())?,
+    let column_versions = Arc::new(crate::conformance::schema::column_versions(
+        &crate::conformance::schema::focus_versions(pipeline.schema_dir.as_deref())?,
     ));
     Ok(Context {
         column_versions,
@@ -772,7 +772,7 @@ fn same_account(batch: &RecordBatch, column: &str, expected: &str) -> Result<()>
         None => Ok(()),
         Some(i) => {
             let line = batch
-                .column_by_name(crate::decode::SOURCE_LINE_COLUMN)
+                .column_by_name(crate::ingest::decode::SOURCE_LINE_COLUMN)
                 .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>())
                 .map(|l| l.value(i).to_string())
                 .unwrap_or_else(|| "?".into());

@@ -71,18 +71,23 @@ pub struct Mapping {
 const EMBEDDED: &[(&str, &str)] = &[
     (
         "tencent-detail-bill",
-        include_str!("../schemas/tencent-detail-bill.toml"),
+        include_str!("../../schemas/tencent-detail-bill.toml"),
     ),
     (
         "tencent-resource-bill",
-        include_str!("../schemas/tencent-resource-bill.toml"),
+        include_str!("../../schemas/tencent-resource-bill.toml"),
     ),
 ];
 
 impl Mapping {
     pub fn load(name: &str, dir: Option<&Path>) -> Result<Mapping> {
-        let (text, _) =
-            crate::schema::config_text(dir, &format!("{name}.toml"), name, EMBEDDED, "mapping")?;
+        let (text, _) = crate::conformance::schema::config_text(
+            dir,
+            &format!("{name}.toml"),
+            name,
+            EMBEDDED,
+            "mapping",
+        )?;
         let mut mapping: Mapping =
             toml::from_str(&text).map_err(|e| Error::Config(format!("mapping {name}: {e}")))?;
         if let Some(base) = mapping.extends.clone() {

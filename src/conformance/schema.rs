@@ -58,15 +58,15 @@ pub struct Schema {
     pub previous_names: std::collections::BTreeMap<String, String>,
     /// Cross-column conformance rules (see `rules`).
     #[serde(default, rename = "rule")]
-    pub rules: Vec<crate::rules::RuleDef>,
+    pub rules: Vec<crate::conformance::rules::RuleDef>,
 }
 
 /// Schemas shipped in the binary, for runs outside the repository.
 const EMBEDDED: &[(&str, &str)] = &[
-    ("focus-1.0", include_str!("../schemas/focus-1.0.toml")),
-    ("focus-1.1", include_str!("../schemas/focus-1.1.toml")),
-    ("focus-1.2", include_str!("../schemas/focus-1.2.toml")),
-    ("focus-1.3", include_str!("../schemas/focus-1.3.toml")),
+    ("focus-1.0", include_str!("../../schemas/focus-1.0.toml")),
+    ("focus-1.1", include_str!("../../schemas/focus-1.1.toml")),
+    ("focus-1.2", include_str!("../../schemas/focus-1.2.toml")),
+    ("focus-1.3", include_str!("../../schemas/focus-1.3.toml")),
 ];
 
 impl Schema {
@@ -90,7 +90,8 @@ impl Schema {
             )));
         }
         for rule in &schema.rules {
-            crate::rules::check_def(rule).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+            crate::conformance::rules::check_def(rule)
+                .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
         }
         Ok(schema)
     }
