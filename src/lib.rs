@@ -14,6 +14,7 @@
 
 pub mod conformance;
 pub mod error;
+mod fault;
 pub mod generate;
 pub mod ingest;
 pub mod job;

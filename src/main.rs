@@ -16,7 +16,8 @@ use anyhow::{Context, Result};
 use billpipe::generate::{self, GenerateOptions};
 use billpipe::ingest::write::WriteOptions;
 use billpipe::job::report::{RunReport, EXIT_FAILED, EXIT_LOCKED};
-use billpipe::job::run::{self, Progress, ResetFilter, RunOptions};
+use billpipe::job::run::{self, Progress, RunOptions};
+use billpipe::job::state::{self as lake_state, ResetFilter};
 use billpipe::state::lock::LockOptions;
 use billpipe::state::plan::PlanOptions;
 use billpipe::store::s3::S3Options;
@@ -71,9 +72,15 @@ struct ValidateArgs {
     /// FOCUS version to check against (default: detected from the columns present)
     #[arg(long)]
     focus_version: Option<String>,
-    /// Conformance profile: strict (the spec as written), tencent, off, or a profile file (.toml)
-    #[arg(long, default_value = "strict")]
-    profile: String,
+    /// Conformance profile: strict (the spec as written), tencent, off, or a profile file
+    /// (.toml). Default: the pipeline's profile for a file one of its families names (read as
+    /// `run` reads it), strict for any other file
+    #[arg(long)]
+    profile: Option<String>,
+    /// Pipeline file whose families, CSV options and schemas a file is read with (default: the
+    /// bundled Tencent pipeline)
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
     /// Print JSON instead of tables
     #[arg(long)]
     json: bool,
@@ -452,8 +459,13 @@ fn check(command: &Command) -> std::result::Result<(), clap::Error> {
             Ok(())
         }
         Command::Validate(a) => {
-            let schema_dir = local_schema_dir();
-            check_profile(&a.profile, schema_dir).map_err(|m| usage_error(&["validate"], m))?;
+            // The pipeline's schema folder, as every command looks it up; a pipeline that does
+            // not load is reported by the command itself (exit 1, configuration).
+            let pipeline = billpipe::state::classify::Pipeline::load(a.pipeline.as_deref()).ok();
+            let schema_dir = pipeline.as_ref().and_then(|p| p.schema_dir.as_deref());
+            if let Some(profile) = &a.profile {
+                check_profile(profile, schema_dir).map_err(|m| usage_error(&["validate"], m))?;
+            }
             if let Some(v) = &a.focus_version {
                 // Without the schemas the check is left to `validate_file`, which says so.
                 if let Ok(known) = billpipe::conformance::schema::focus_versions(schema_dir) {
@@ -473,12 +485,6 @@ fn check(command: &Command) -> std::result::Result<(), clap::Error> {
         | Command::Completions { .. }
         | Command::Man { .. } => Ok(()),
     }
-}
-
-/// The working directory's `schemas/`, which `validate` reads before the built-in copies.
-fn local_schema_dir() -> Option<&'static std::path::Path> {
-    let dir = std::path::Path::new("schemas");
-    dir.is_dir().then_some(dir)
 }
 
 fn check_job(a: &RunArgs, name: &str) -> std::result::Result<(), clap::Error> {
@@ -871,8 +877,8 @@ fn state(args: StateArgs) -> Result<i32> {
     drop(lake);
     match args.action {
         None => {
-            let ledger =
-                run::state(&dest, &s3).with_context(|| format!("reading the ledger of {dest}"))?;
+            let ledger = lake_state::state(&dest, &s3)
+                .with_context(|| format!("reading the ledger of {dest}"))?;
             if args.json {
                 outln!("{}", serde_json::to_string_pretty(&ledger.units)?);
                 return Ok(0);
@@ -910,8 +916,8 @@ fn state(args: StateArgs) -> Result<i32> {
             lock,
         }) => {
             let filter = ResetFilter { account, month };
-            let ledger = run::state(&dest, &s3)?;
-            let chosen = run::reset_candidates(&ledger, &filter);
+            let ledger = lake_state::state(&dest, &s3)?;
+            let chosen = lake_state::reset_candidates(&ledger, &filter);
             if chosen.is_empty() {
                 anyhow::bail!(
                     "nothing to reset: no loaded unit of {dest} matches{}{} (`billpipe state --dest {dest}` lists them)",
@@ -926,7 +932,7 @@ fn state(args: StateArgs) -> Result<i32> {
             for e in &chosen {
                 outln!("  {}  (loaded from {})", e.unit, e.source.key);
             }
-            let done = run::state_reset(&dest, &s3, &filter, &lock.options())?;
+            let done = lake_state::state_reset(&dest, &s3, &filter, &lock.options())?;
             if args.json {
                 outln!("{}", serde_json::to_string_pretty(&done)?);
             }
@@ -937,9 +943,12 @@ fn state(args: StateArgs) -> Result<i32> {
 }
 
 fn validate(args: ValidateArgs) -> Result<i32> {
-    let dir = std::path::Path::new("schemas");
-    let schema_dir = dir.is_dir().then_some(dir);
-    let profile = billpipe::conformance::rules::Profile::load(&args.profile, schema_dir)?;
+    // One lookup rule for every command: schemas, mappings and profiles next to the pipeline.
+    let pipeline = billpipe::state::classify::Pipeline::load(args.pipeline.as_deref())?;
+    let schema_dir = pipeline.schema_dir.as_deref();
+    if let Some(profile) = &args.profile {
+        billpipe::conformance::rules::Profile::load(profile, schema_dir)?;
+    }
     if let Some(v) = &args.focus_version {
         let known = billpipe::conformance::schema::focus_versions(schema_dir)?;
         if !known.iter().any(|s| &s.version == v) {
@@ -947,19 +956,15 @@ fn validate(args: ValidateArgs) -> Result<i32> {
             anyhow::bail!("unknown FOCUS version {v:?}; known: {}", names.join(", "));
         }
     }
-    // The default pipeline's file families tell the billing month a file's name gives.
-    let pipeline = billpipe::state::classify::Pipeline::load(None).ok();
+    let opts = billpipe::job::verdict::ValidateOptions {
+        s3: args.s3.options(),
+        focus_version: args.focus_version.clone(),
+        profile: args.profile.clone(),
+    };
     let mut verdicts = Vec::new();
     for file in &args.files {
-        let v = billpipe::conformance::validate::validate_file(
-            file,
-            &args.s3.options(),
-            args.focus_version.as_deref(),
-            &profile,
-            schema_dir,
-            pipeline.as_ref(),
-        )
-        .with_context(|| format!("validating {file}"))?;
+        let v = billpipe::job::verdict::validate_file(file, &pipeline, &opts)
+            .with_context(|| format!("validating {file}"))?;
         verdicts.push(v);
     }
     let passed = verdicts.iter().all(|v| v.passed());

@@ -350,8 +350,9 @@ fn periods_are_ordered_exclusive_and_match_the_file_name() {
         ],
     ];
     let name = "FOCUS-bill_details-400040004004-202512.CSV";
-    let (code, v) = validate(name, &file("1.1", rows), &[]);
+    let (code, v) = validate(name, &file("1.1", rows), &["--profile", "strict"]);
     assert_eq!(code, 3);
+    assert_eq!(v["version_from"], "family", "{v}");
     assert_eq!(v["name_month"], "2025-12");
     let got = found(&v);
     assert_eq!(got["ChargePeriod.Order"], ("error".into(), 1, 3), "{v}");
@@ -369,6 +370,11 @@ fn periods_are_ordered_exclusive_and_match_the_file_name() {
     assert_eq!(got.len(), 3, "{v}");
     // The inclusive last second is one of Tencent's documented gaps: a warning there.
     let (_, v) = validate(name, &file("1.1", rows), &["--profile", "tencent"]);
+    assert_eq!(found(&v)["BillingPeriod.ExclusiveEnd"].0, "warning");
+    // A key a family takes is judged as `run` reads it: with the pipeline's profile unless
+    // --profile says otherwise.
+    let (_, v) = validate(name, &file("1.1", rows), &[]);
+    assert_eq!(v["profile"], "tencent", "{v}");
     assert_eq!(found(&v)["BillingPeriod.ExclusiveEnd"].0, "warning");
     // A name without a billing month: the file-name rule is not applied.
     let (_, v) = validate("export.csv", &file("1.1", rows), &[]);

@@ -3,5 +3,6 @@
 
 pub mod decode;
 pub mod fetch;
+pub mod pipeline;
 pub mod unpack;
 pub mod write;

@@ -1,4 +1,10 @@
-//! A run from start to end (`run`) and what it tells its operator (`report`).
+//! The commands' work, from start to end: a run (`run`: plan, lock, load each snapshot with
+//! `load`, publish it with `commit`), `validate`'s verdicts (`verdict`), the ledger read and
+//! reset (`state`), and what a run tells its operator (`report`).
 
+mod commit;
+mod load;
 pub mod report;
 pub mod run;
+pub mod state;
+pub mod verdict;

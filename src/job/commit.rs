@@ -1,0 +1,184 @@
+//! Publishing a staged snapshot and recording it in the ledger (the commit protocol in
+//! `job::run`'s docs), and undoing a publish that failed half-way so no partition file is left
+//! without a ledger entry.
+
+use crate::fault;
+use crate::ingest::decode::format_decimal;
+use crate::job::load::Staged;
+use crate::job::report::{ObjectReport, Reconciliation};
+use crate::job::run::{lock_ledger, Context, QUARANTINE_DIR};
+use crate::state::classify::BillFile;
+use crate::state::ledger::{LedgerEntry, OutputFile};
+use crate::{Error, Result};
+
+/// Reading an object into staging concerns that object alone: whatever fails there (a staged
+/// file that cannot be written, a Parquet or Arrow error, a mapping that does not fit) rejects
+/// it, and the run goes on. A broken-off download stays retryable. A run that lost the lake's
+/// lock stops: its staging folder may be gone because the new owner cleared it.
+pub(crate) fn object_failure(ctx: &Context, e: Error) -> Error {
+    if let Err(lost) = ctx.lake.fence().check("the lake") {
+        return lost;
+    }
+    match e {
+        Error::Rejected(_) | Error::Fetch(_) | Error::Locked(_) => e,
+        other => Error::Rejected(other.to_string()),
+    }
+}
+
+/// Publishing failed with `e` after the files `done` were published. Staged files are removed,
+/// and so are published files at paths the unit's previous snapshot did not have. If that
+/// leaves the lake as it was, the object is rejected and the run goes on; if a file of the
+/// previous snapshot was already replaced (or the lock is lost), the lake is where a crash at
+/// this point would leave it — the old ledger entry, so the next run reloads the object — and
+/// the run stops.
+fn unpublish(
+    ctx: &Context,
+    previous: Option<&LedgerEntry>,
+    done: &[OutputFile],
+    staged: &Staged,
+    e: Error,
+) -> Error {
+    for p in &staged.parts {
+        let _ = std::fs::remove_file(&p.staged);
+    }
+    if let Some((path, _)) = &staged.quarantine {
+        let _ = std::fs::remove_file(path);
+    }
+    if matches!(e, Error::Locked(_)) {
+        return e;
+    }
+    let was_there = |path: &str| previous.is_some_and(|p| p.outputs.iter().any(|o| o.path == path));
+    let mut restored = true;
+    for o in done.iter().filter(|o| !was_there(&o.path)) {
+        restored &= ctx.lake.delete(&o.path).is_ok();
+    }
+    if restored && !done.iter().any(|o| was_there(&o.path)) {
+        Error::Rejected(format!("publishing it failed, the lake is unchanged: {e}"))
+    } else {
+        e
+    }
+}
+
+/// A partition holds the snapshot of one unit. Another unit's file there is the same account
+/// and month delivered twice — a reseller's consolidated bill and the customer's own bill in
+/// one lake — and publishing beside it would count that money twice: the object is rejected,
+/// naming both, and the lake keeps what it had.
+fn no_other_unit_there(ctx: &Context, staged: &Staged, stem: &str) -> Result<()> {
+    let own = format!("{stem}.parquet");
+    for part in &staged.parts {
+        let dir = format!("{}/", part.partition.dir());
+        let other = ctx
+            .lake
+            .list(&dir)?
+            .into_iter()
+            .map(|(path, _)| path)
+            .find(|path| path.ends_with(".parquet") && !path.ends_with(&format!("/{own}")));
+        if let Some(other) = other {
+            return Err(Error::Rejected(format!(
+                "partition {dir} already holds {other}, a snapshot of another unit for the same account and month (a reseller's consolidated bill and the customer's own bill in one lake?); publishing {own} beside it would count that money twice — load such bills into separate lakes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a staged snapshot and records it in the ledger (see the module docs).
+pub(crate) fn commit(
+    ctx: &Context,
+    bill: &BillFile,
+    staged: Staged,
+    entry: &mut ObjectReport,
+) -> Result<()> {
+    let stem = bill.unit.file_stem();
+    let scale = ctx.pipeline.schema.decimal_scale;
+    let previous = lock_ledger(&ctx.ledger)?.get(&bill.unit).cloned();
+    let quarantine_rel = format!("{QUARANTINE_DIR}/{stem}.csv");
+    // Every path is checked before anything is published: one the lake cannot hold (a name
+    // too long) rejects the object, with the lake untouched.
+    let mut paths = staged
+        .parts
+        .iter()
+        .map(|p| format!("{}/{stem}.parquet", p.partition.dir()))
+        .chain(std::iter::once(quarantine_rel.clone()));
+    if let Err(e) = paths.try_for_each(|rel| ctx.lake.check_path(&rel)) {
+        return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
+    }
+    if let Err(e) = no_other_unit_there(ctx, &staged, &stem) {
+        return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
+    }
+    let mut outputs = Vec::new();
+    let mut total_cost: i128 = 0;
+    let mut rows = 0;
+    for part in &staged.parts {
+        if part.partition.period != bill.unit.month {
+            entry.notes.push(format!(
+                "{} rows have billing period {}, not the {} the file name says",
+                part.rows, part.partition.period, bill.unit.month
+            ));
+        }
+        let rel = format!("{}/{stem}.parquet", part.partition.dir());
+        if let Err(e) = ctx.lake.publish(&part.staged, &rel) {
+            return Err(unpublish(ctx, previous.as_ref(), &outputs, &staged, e));
+        }
+        fault::point("publish");
+        total_cost += part.billed_cost;
+        rows += part.rows;
+        outputs.push(OutputFile {
+            path: rel,
+            rows: part.rows,
+            billed_cost: format_decimal(part.billed_cost, scale),
+            bytes: part.bytes,
+        });
+    }
+    let (quarantine, rows_quarantined) = match &staged.quarantine {
+        Some((path, n)) => {
+            if let Err(e) = ctx.lake.publish(path, &quarantine_rel) {
+                return Err(unpublish(ctx, previous.as_ref(), &outputs, &staged, e));
+            }
+            (Some(quarantine_rel.clone()), *n)
+        }
+        None => {
+            if previous.as_ref().is_some_and(|p| p.quarantine.is_some()) {
+                ctx.lake.delete(&quarantine_rel)?;
+            }
+            (None, 0)
+        }
+    };
+    fault::point("cleanup");
+    if let Some(prev) = &previous {
+        for old in &prev.outputs {
+            if !outputs.iter().any(|o| o.path == old.path) {
+                ctx.lake.delete(&old.path)?;
+            }
+        }
+    }
+    let billed_cost = format_decimal(total_cost, scale);
+    fault::point("ledger");
+    let mut ledger = lock_ledger(&ctx.ledger)?;
+    ledger.record(LedgerEntry {
+        unit: bill.unit.clone(),
+        source: bill.object.clone(),
+        parts: bill.other_parts.clone(),
+        family: bill.family.clone(),
+        rank: bill.rank.clone(),
+        outputs: outputs.clone(),
+        quarantine: quarantine.clone(),
+        rows_loaded: rows,
+        rows_quarantined,
+        billed_cost: billed_cost.clone(),
+        billed_cost_held_out: Some(format_decimal(staged.tally.cost_held_out, scale)),
+        rows_cost_unreadable: staged.tally.cost_unreadable_rows,
+        loaded_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        reset: false,
+    });
+    ledger.save(ctx.lake.as_ref())?;
+    drop(ledger);
+    entry.rows_loaded = rows;
+    entry.rows_quarantined = rows_quarantined;
+    entry.reconciliation = Some(Reconciliation::new(&staged.tally, total_cost, scale));
+    entry.billed_cost = Some(billed_cost);
+    entry.bytes_written = outputs.iter().map(|o| o.bytes).sum();
+    entry.outputs = outputs.into_iter().map(|o| o.path).collect();
+    entry.quarantine = quarantine;
+    Ok(())
+}
