@@ -12,6 +12,7 @@
 //! `run` wires the stages together, `totals` sums the lake as its readers see it, and `generate`
 //! makes realistic test and benchmark input.
 
+pub mod config;
 pub mod conformance;
 pub mod error;
 pub mod generate;
@@ -20,5 +21,6 @@ pub mod job;
 pub mod state;
 pub mod store;
 pub mod totals;
+pub mod values;
 
 pub use error::{Error, Result};

@@ -256,15 +256,8 @@ struct GenerateArgs {
 }
 
 fn parse_month(s: &str) -> std::result::Result<String, String> {
-    let ok = s.len() == 7
-        && s.as_bytes()[4] == b'-'
-        && s[..4].bytes().all(|b| b.is_ascii_digit())
-        && matches!(s[5..].parse::<u32>(), Ok(1..=12));
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!("{s:?} is not a month like 2025-12"))
-    }
+    let month: billpipe::values::Month = s.parse().map_err(|e| format!("{e}"))?;
+    Ok(month.to_string())
 }
 
 /// Flags a command accepts but that do nothing there, hidden from its help: `plan` takes
@@ -452,7 +445,8 @@ fn check(command: &Command) -> std::result::Result<(), clap::Error> {
             Ok(())
         }
         Command::Validate(a) => {
-            let schema_dir = local_schema_dir();
+            let schema_dir = billpipe::config::schema_dir(None);
+            let schema_dir = schema_dir.as_deref();
             check_profile(&a.profile, schema_dir).map_err(|m| usage_error(&["validate"], m))?;
             if let Some(v) = &a.focus_version {
                 // Without the schemas the check is left to `validate_file`, which says so.
@@ -473,12 +467,6 @@ fn check(command: &Command) -> std::result::Result<(), clap::Error> {
         | Command::Completions { .. }
         | Command::Man { .. } => Ok(()),
     }
-}
-
-/// The working directory's `schemas/`, which `validate` reads before the built-in copies.
-fn local_schema_dir() -> Option<&'static std::path::Path> {
-    let dir = std::path::Path::new("schemas");
-    dir.is_dir().then_some(dir)
 }
 
 fn check_job(a: &RunArgs, name: &str) -> std::result::Result<(), clap::Error> {
@@ -937,8 +925,9 @@ fn state(args: StateArgs) -> Result<i32> {
 }
 
 fn validate(args: ValidateArgs) -> Result<i32> {
-    let dir = std::path::Path::new("schemas");
-    let schema_dir = dir.is_dir().then_some(dir);
+    // The schemas folder of the default pipeline, as for every command (see `config`).
+    let schema_dir = billpipe::config::schema_dir(None);
+    let schema_dir = schema_dir.as_deref();
     let profile = billpipe::conformance::rules::Profile::load(&args.profile, schema_dir)?;
     if let Some(v) = &args.focus_version {
         let known = billpipe::conformance::schema::focus_versions(schema_dir)?;
