@@ -29,7 +29,6 @@
 //! Every check produces a boolean mask over the batch with Arrow kernels (null bitmaps, `eq`,
 //! bitwise and/or/not, tight loops over primitive values); only the rows a mask selects are
 //! ever turned into text, for the report.
-
 //!
 //! The module is split by stage: `profile` (severities per provider), `compile` (a schema's
 //! rules against one file's layout), `evaluate` (masks over a batch), `findings` (the rule ids

@@ -12,9 +12,14 @@
 //! from a mapping table is the same kind of finding (`Mapping`). Only rows whose cells cannot
 //! be trusted to be in their columns are set aside here, as [`RowProblem`]s: a row whose field
 //! count differs from the header's, and the lines a runaway quote swallowed (below). Only a file
-//! that cannot be read as CSV at all is an error. Parsing of numbers and date-times is written
-//! here rather than borrowed because the rules are billpipe's: exact decimals that never round,
-//! and date-times with an explicit rule for values written without a zone.
+//! that cannot be read as CSV at all is an error. Numbers and date-times are parsed by
+//! [`crate::values`] (exact decimals that never round, an explicit rule for date-times written
+//! without a zone). The decoder only reports what it found ([`FindingKind`]); what a finding
+//! means for conformance (its rule id, message and severity) is the rules module's business.
+//!
+//! Files: `layout` (header → output columns), `guard` (the byte scanner that counts lines and
+//! follows quoting), `records` (what the guard says about each record: runaway and stray
+//! quotes, the end-of-file checks), `builders` (per-batch Arrow builders and cell sources).
 //!
 //! **Lines.** `x_SourceLine` and every line in a reason is the physical line (header = 1): a
 //! line ends at `\n`, `\r\n` or a lone `\r`, in any mix, and a row starts on the line of its
