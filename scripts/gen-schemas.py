@@ -2,9 +2,10 @@
 """Regenerate schemas/focus-<version>.toml from the FOCUS column table.
 
 The column table (version, column, data_type, feature_level, nullable, allowed_values) is
-`shared/reference/focus-columns.csv`, copied from the FOCUS specification's Content Constraints
-tables. The generated TOML is data the Rust code reads; nothing about FOCUS columns is hard-coded
-in Rust. Usage: scripts/gen-schemas.py PATH/TO/focus-columns.csv
+`schemas/source/focus-columns.csv` in this repository, copied from the FOCUS specification's
+Content Constraints tables (FOCUS is CC BY 4.0; see schemas/source/README.md). The generated TOML
+is data the Rust code reads; nothing about FOCUS columns is hard-coded in Rust.
+Usage, from the repository root: scripts/gen-schemas.py [PATH/TO/focus-columns.csv]
 """
 import csv
 import re
@@ -320,4 +321,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/reference/focus-columns.csv")
+    main(sys.argv[1] if len(sys.argv) > 1 else "schemas/source/focus-columns.csv")

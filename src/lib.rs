@@ -12,6 +12,7 @@
 //! `run` wires the stages together, `totals` sums the lake as its readers see it, and `generate`
 //! makes realistic test and benchmark input.
 
+pub mod config;
 pub mod conformance;
 pub mod error;
 mod fault;
@@ -21,5 +22,6 @@ pub mod job;
 pub mod state;
 pub mod store;
 pub mod totals;
+pub mod values;
 
 pub use error::{Error, Result};

@@ -263,15 +263,8 @@ struct GenerateArgs {
 }
 
 fn parse_month(s: &str) -> std::result::Result<String, String> {
-    let ok = s.len() == 7
-        && s.as_bytes()[4] == b'-'
-        && s[..4].bytes().all(|b| b.is_ascii_digit())
-        && matches!(s[5..].parse::<u32>(), Ok(1..=12));
-    if ok {
-        Ok(s.to_string())
-    } else {
-        Err(format!("{s:?} is not a month like 2025-12"))
-    }
+    let month: billpipe::values::Month = s.parse().map_err(|e| format!("{e}"))?;
+    Ok(month.to_string())
 }
 
 /// Flags a command accepts but that do nothing there, hidden from its help: `plan` takes
@@ -459,10 +452,9 @@ fn check(command: &Command) -> std::result::Result<(), clap::Error> {
             Ok(())
         }
         Command::Validate(a) => {
-            // The pipeline's schema folder, as every command looks it up; a pipeline that does
-            // not load is reported by the command itself (exit 1, configuration).
-            let pipeline = billpipe::state::classify::Pipeline::load(a.pipeline.as_deref()).ok();
-            let schema_dir = pipeline.as_ref().and_then(|p| p.schema_dir.as_deref());
+            // The schemas folder, looked up as every command does (see `config`).
+            let schema_dir = billpipe::config::schema_dir(a.pipeline.as_deref());
+            let schema_dir = schema_dir.as_deref();
             if let Some(profile) = &a.profile {
                 check_profile(profile, schema_dir).map_err(|m| usage_error(&["validate"], m))?;
             }

@@ -13,6 +13,9 @@
 //! - `unavailable`: mandatory FOCUS columns the native format simply does not have (written as
 //!   null, and said so), rather than rejecting every file.
 //!
+//! A mapping may `extends` another (followed by [`crate::config::extends_chain`], which refuses a
+//! cycle), and is found by the lookup rule of [`crate::config`].
+//!
 //! BillingPeriodStart/End come from the bill month in the object's name. Every native column
 //! without a FOCUS home is kept as `x_<Name>` (spaces and punctuation dropped), so nothing is lost.
 
@@ -21,9 +24,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::config::{self, Kind};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Derived {
     /// Native header names of the source column.
     pub from: Vec<String>,
@@ -34,6 +39,7 @@ pub struct Derived {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ZeroWhen {
     pub column: String,
     pub when_column: String,
@@ -41,6 +47,7 @@ pub struct ZeroWhen {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Mapping {
     pub name: String,
     /// Another mapping this one starts from: its entries apply unless this file names the same
@@ -68,34 +75,21 @@ pub struct Mapping {
     pub billing_month: Vec<String>,
 }
 
-const EMBEDDED: &[(&str, &str)] = &[
-    (
-        "tencent-detail-bill",
-        include_str!("../../schemas/tencent-detail-bill.toml"),
-    ),
-    (
-        "tencent-resource-bill",
-        include_str!("../../schemas/tencent-resource-bill.toml"),
-    ),
-];
-
 impl Mapping {
+    /// Loads mapping `name` from `dir` (else the embedded copy), with the mappings it extends
+    /// laid under it.
     pub fn load(name: &str, dir: Option<&Path>) -> Result<Mapping> {
-        let (text, _) = crate::conformance::schema::config_text(
-            dir,
-            &format!("{name}.toml"),
-            name,
-            EMBEDDED,
-            "mapping",
-        )?;
-        let mut mapping: Mapping =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("mapping {name}: {e}")))?;
-        if let Some(base) = mapping.extends.clone() {
-            if base == name {
-                return Err(Error::Config(format!("mapping {name} extends itself")));
-            }
-            mapping = Mapping::load(&base, dir)?.overlaid_by(mapping);
-        }
+        let chain = config::extends_chain(Kind::Mapping, name, |n| {
+            let (text, origin) = config::text(dir, Kind::Mapping, n)?;
+            let mapping: Mapping = config::parse(&text, &format!("mapping {n} ({origin})"))?;
+            let base = mapping.extends.clone();
+            Ok((mapping, base))
+        })?;
+        let mut layers = chain.into_iter().rev();
+        let Some(base) = layers.next() else {
+            return Err(Error::Config(format!("mapping {name}: nothing loaded")));
+        };
+        let mut mapping = layers.fold(base, Mapping::overlaid_by);
         for d in &mut mapping.derived {
             for (k, v) in std::mem::take(&mut d.table) {
                 if v.len() != d.sets.len() {
@@ -199,5 +193,33 @@ mod tests {
         let t = &m.derived[0];
         assert_eq!(t.sets, ["ChargeCategory", "ChargeClass", "ChargeFrequency"]);
         assert!(t.table.contains_key("voucher deduction"));
+    }
+
+    #[test]
+    fn an_extends_cycle_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, base: &str| {
+            let text = format!("name = \"{name}\"\nextends = \"{base}\"\n");
+            std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+        };
+        write("a", "b");
+        write("b", "a");
+        write("self", "self");
+        let e = Mapping::load("a", Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mapping a extends itself: a -> b -> a"), "{e}");
+        let e = Mapping::load("self", Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mapping self extends itself"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let e = toml::from_str::<Mapping>("name = \"m\"\ntime_ofset = \"+08:00\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `time_ofset`"), "{e}");
     }
 }

@@ -13,13 +13,14 @@ use chrono::NaiveDate;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::config;
 use crate::conformance::mapping::Mapping;
 use crate::conformance::schema::Schema;
 use crate::store::source::ObjectInfo;
+use crate::values::Month;
 use crate::{Error, Result};
 
-const EMBEDDED_DEFAULT: &str = include_str!("../../pipelines/tencent.toml");
-pub const DEFAULT_PIPELINE: &str = "pipelines/tencent.toml";
+pub use crate::config::DEFAULT_PIPELINE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +32,7 @@ pub enum SnapshotKind {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CsvOptions {
     #[serde(default = "default_delimiter")]
     pub delimiter: String,
@@ -59,6 +61,7 @@ fn default_offset() -> String {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PartitionOptions {
     pub period_column: String,
     #[serde(default = "default_offset")]
@@ -67,6 +70,7 @@ pub struct PartitionOptions {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FamilyDef {
     name: String,
     unit: String,
@@ -105,6 +109,7 @@ fn default_format() -> String {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PipelineDef {
     name: String,
     schema: String,
@@ -125,6 +130,11 @@ struct PipelineDef {
 pub struct Family {
     pub name: String,
     pub unit: String,
+    /// What a file of the family is, and so its rank: `cumulative` files are named by a
+    /// delivery `date`, `final` ones by a `month`. Kept (rather than inferred from the pattern
+    /// alone) because it is what a pipeline author states and a reader of the file looks for;
+    /// it is checked against the pattern's groups when loaded, so the two cannot disagree, and
+    /// `classify` ranks by it.
     pub snapshot: SnapshotKind,
     pub format: String,
     pub data_lag_days: u32,
@@ -150,39 +160,15 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Loads a pipeline file. Without an explicit path, `pipelines/tencent.toml` in the
-    /// working directory is used if present, else the copy compiled into the binary.
+    /// working directory is used if present, else the copy compiled into the binary. Schemas,
+    /// mappings and profiles come from the schemas folder [`config::schema_dir`] gives.
     pub fn load(path: Option<&Path>) -> Result<Pipeline> {
-        let default = PathBuf::from(DEFAULT_PIPELINE);
-        let (text, origin, dir) = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                (
-                    text,
-                    p.display().to_string(),
-                    p.parent().map(Path::to_path_buf),
-                )
-            }
-            None if default.exists() => {
-                let text = std::fs::read_to_string(&default).map_err(|e| Error::io(&default, e))?;
-                (
-                    text,
-                    DEFAULT_PIPELINE.to_string(),
-                    Some(PathBuf::from("pipelines")),
-                )
-            }
-            None => (
-                EMBEDDED_DEFAULT.to_string(),
-                "embedded tencent pipeline".to_string(),
-                None,
-            ),
-        };
-        let schema_dir = dir.map(|d| d.join("..").join("schemas"));
-        Pipeline::parse(&text, &origin, schema_dir.as_deref())
+        let source = config::pipeline(path)?;
+        Pipeline::parse(&source.text, &source.origin, source.schema_dir.as_deref())
     }
 
     pub fn parse(text: &str, origin: &str, schema_dir: Option<&Path>) -> Result<Pipeline> {
-        let def: PipelineDef =
-            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let def: PipelineDef = config::parse(text, origin)?;
         let schema = Schema::load(&def.schema, schema_dir)?;
         let mut families = Vec::new();
         for f in def.family {
@@ -198,6 +184,18 @@ impl Pipeline {
                 return Err(Error::Config(format!(
                     "{origin}: family {}: pattern needs named groups `account` and `date` or `month`",
                     f.name
+                )));
+            }
+            // The snapshot kind decides the rank; the pattern must name what it needs.
+            let (needs, refuses) = match f.snapshot {
+                SnapshotKind::Cumulative => ("date", "month"),
+                SnapshotKind::Final => ("month", "date"),
+            };
+            if !names.contains(&needs) || names.contains(&refuses) {
+                return Err(Error::Config(format!(
+                    "{origin}: family {}: snapshot = \"{}\" needs a `{needs}` group and no `{refuses}` group in its pattern",
+                    f.name,
+                    if needs == "date" { "cumulative" } else { "final" }
                 )));
             }
             if f.format != "csv" {
@@ -266,19 +264,23 @@ impl Pipeline {
                 continue;
             };
             let account = caps["account"].to_string();
-            let parsed = match (caps.name("date"), caps.name("month")) {
-                (Some(d), _) => parse_date(d.as_str()).map(|date| {
-                    let covered = date - chrono::Days::new(family.data_lag_days as u64);
-                    let month = format!("{}", covered.format("%Y-%m"));
-                    (
-                        month,
-                        SnapshotRank::Cumulative(date.format("%Y%m%d").to_string()),
-                    )
-                }),
-                (None, Some(m)) => {
-                    parse_month(m.as_str()).map(|month| (month, SnapshotRank::Final))
-                }
-                (None, None) => None,
+            // Loading checked that a cumulative family's pattern has `date`, a final one's `month`.
+            let parsed = match family.snapshot {
+                SnapshotKind::Cumulative => caps
+                    .name("date")
+                    .and_then(|d| parse_date(d.as_str()))
+                    .map(|date| {
+                        let covered = date - chrono::Days::new(family.data_lag_days as u64);
+                        let month = format!("{}", covered.format("%Y-%m"));
+                        (
+                            month,
+                            SnapshotRank::Cumulative(date.format("%Y%m%d").to_string()),
+                        )
+                    }),
+                SnapshotKind::Final => caps
+                    .name("month")
+                    .and_then(|m| parse_month(m.as_str()))
+                    .map(|month| (month, SnapshotRank::Final)),
             };
             let Some((month, rank)) = parsed else {
                 return Classification::NearMiss(format!(
@@ -397,13 +399,10 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(s, "%Y%m%d").ok()
 }
 
+/// `YYYYMM` or `YYYY-MM` (any separator) of a name, as `YYYY-MM`.
 fn parse_month(s: &str) -> Option<String> {
     let digits: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
-    if digits.len() != 6 {
-        return None;
-    }
-    let date = NaiveDate::parse_from_str(&format!("{digits}01"), "%Y%m%d").ok()?;
-    Some(date.format("%Y-%m").to_string())
+    Month::from_digits(&digits).map(|m| m.to_string())
 }
 
 /// What one snapshot is of: the lake holds exactly one loaded version per unit.
@@ -495,94 +494,5 @@ pub enum Classification {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn obj(key: &str) -> ObjectInfo {
-        ObjectInfo {
-            key: key.into(),
-            size: 1,
-            etag: "e".into(),
-            last_modified: None,
-        }
-    }
-
-    fn bill(p: &Pipeline, key: &str) -> BillFile {
-        match p.classify(&obj(key)) {
-            Classification::Bill(b) => *b,
-            Classification::Unrecognised(r) | Classification::NearMiss(r) => panic!("{key}: {r}"),
-        }
-    }
-
-    #[test]
-    fn tencent_focus_names() {
-        let p = Pipeline::load(None).unwrap();
-        let d = bill(&p, "FOCUS-bill_details-200020002001-20251209.CSV");
-        assert_eq!(d.family, "focus-daily");
-        assert_eq!(d.unit.account, "200020002001");
-        assert_eq!(d.unit.month, "2025-12");
-        assert_eq!(d.rank, SnapshotRank::Cumulative("20251209".into()));
-
-        let m = bill(&p, "some/prefix/focus-bill_details-200020002001-202512.csv");
-        assert_eq!(m.family, "focus-monthly");
-        assert_eq!(m.rank, SnapshotRank::Final);
-        assert_eq!(m.unit, d.unit);
-        assert!(m.rank > d.rank);
-        assert!(
-            SnapshotRank::Cumulative("20251210".into())
-                > SnapshotRank::Cumulative("20251209".into())
-        );
-        // Tencent's native detail bills (every documented name form), with their mapping.
-        for (key, family, month, unit) in [
-            ("100010445724-20241208-by_used_time-bill_details.zip", "detail-daily", "2024-12", "tencent"),
-            ("200020475883-20210810-bill_details.zip", "detail-daily", "2021-08", "tencent"),
-            ("100010445724-202411-by_used_time-bill_details.zip", "detail-monthly", "2024-11", "tencent"),
-            ("100010445724-202411-by_used_time-bill_pack.zip", "bill-pack", "2024-11", "tencent"),
-            ("100000000001-20221128-按扣费周期-明细账单.zip", "cn-detail-daily", "2022-11", "tencent"),
-            ("100000000001-202211-按扣费周期-明细账单.zip", "cn-detail-monthly", "2022-11", "tencent"),
-            (
-                "100010445724-2021-03--by_used_time-bill-details-consolidated_bill-61121cbd9017a16285769571173521960.zip",
-                "reseller-consolidated",
-                "2021-03",
-                "tencent-consolidated",
-            ),
-            ("L3-bill_details-800001608331-202412-xxx-test.csv", "reseller-l3", "2024-12", "tencent-l3"),
-            ("L3-bill_details-800000950266-AllResellersBills-202411-xxxx-test.zip", "reseller-l3-pack", "2024-11", "tencent-l3"),
-        ] {
-            let b = bill(&p, key);
-            assert_eq!((b.family.as_str(), b.unit.month.as_str(), b.unit.unit.as_str()), (family, month, unit), "{key}");
-            assert!(b.mapping.is_some(), "{key}");
-        }
-        // Delivered on the 1st: month-to-date through yesterday, i.e. the previous month.
-        let first = bill(&p, "FOCUS-bill_details-200020002001-20260101.CSV");
-        assert_eq!(first.unit.month, "2025-12");
-        assert!(first.rank < m.rank);
-
-        for near in [
-            "FOCUS-bill_details-200020002001-20251340.CSV",
-            "FOCUS-bill_details-200020002001-20251209.CSV.gz",
-            "FOCUS-bill_details-200020002001-20251209 (2).CSV",
-            "folder/FOCUS-bill_details-200020002001-202512 - Copy.csv",
-            "200018967974-202511-by_used_time-bill_pack.zip.crdownload",
-            "FOCUS-bill_details-200020002001-20251209.CSV.bak",
-            "Copy of FOCUS-bill_details-200020002001-20251209.CSV",
-            "FOCUS_bill_details-200020002001-20251209.CSV",
-            "FOCUS-bill_details-١١٥-20251209.CSV",
-            "xFOCUS-bill_details-200020002001-20251209.CSV",
-        ] {
-            assert!(
-                matches!(p.classify(&obj(near)), Classification::NearMiss(_)),
-                "{near}"
-            );
-        }
-        for skip in [
-            "L2-bill_by_Instance-800000425835-202412-xx-test.csv",
-            "dir/",
-        ] {
-            assert!(
-                matches!(p.classify(&obj(skip)), Classification::Unrecognised(_)),
-                "{skip}"
-            );
-        }
-    }
-}
+#[path = "classify_tests.rs"]
+mod tests;
