@@ -568,11 +568,11 @@ pub fn validate_file(
     pipeline: Option<&crate::state::classify::Pipeline>,
 ) -> Result<FileVerdict> {
     use crate::ingest::decode::{CsvDecoder, DecodeOptions};
-    use crate::store::source::{LocalSource, ObjectInfo, S3Source, Source};
+    use crate::store::source::{ObjectInfo, Source};
     use std::io::Read;
     use std::sync::Arc;
 
-    let (source, object): (Arc<dyn Source>, ObjectInfo) =
+    let (source, object): (Arc<crate::store::source::Source>, ObjectInfo) =
         match crate::store::s3::S3Location::parse(uri) {
             Some(loc) => {
                 let key = loc.prefix.trim_end_matches('/').to_string();
@@ -587,7 +587,7 @@ pub fn validate_file(
                     etag: String::new(),
                     last_modified: None,
                 };
-                (Arc::new(S3Source::new(root, ctx)), object)
+                (Arc::new(Source::s3(root, ctx)), object)
             }
             None => {
                 let path = std::path::Path::new(uri);
@@ -608,7 +608,7 @@ pub fn validate_file(
                     etag: String::new(),
                     last_modified: None,
                 };
-                (Arc::new(LocalSource::new(dir)), object)
+                (Arc::new(Source::local(dir)), object)
             }
         };
     let versions = crate::conformance::schema::focus_versions(schema_dir)?;

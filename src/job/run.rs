@@ -101,11 +101,11 @@ impl RunOptions {
 struct Context {
     pipeline: Pipeline,
     profile: Profile,
-    source: Arc<dyn Source>,
+    source: Arc<Source>,
     /// The source's listing, taken before the lake is touched: a missing bucket, bad
     /// credentials or an unreachable endpoint fail the run before anything is written.
     listing: Vec<ObjectInfo>,
-    lake: Arc<dyn Lake>,
+    lake: Arc<Lake>,
     /// Shared by the jobs; held only to read an entry or to record and save one.
     ledger: Mutex<Ledger>,
     decode: DecodeOptions,
@@ -129,9 +129,9 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
         *guard = Some(ctx.clone());
         Ok(ctx)
     };
-    let source: Arc<dyn Source> = Arc::from(source::open(&opts.source, s3)?);
+    let source: Arc<Source> = Arc::from(source::open(&opts.source, s3)?);
     let listing = source.list()?;
-    let lake: Arc<dyn Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
+    let lake: Arc<Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
     let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
     let decode = DecodeOptions {
         delimiter: pipeline.csv.delimiter.as_bytes()[0],
@@ -1141,7 +1141,7 @@ pub fn state_reset(
     filter: &ResetFilter,
     lock: &LockOptions,
 ) -> Result<Vec<LedgerEntry>> {
-    let lake: Arc<dyn Lake> = Arc::from(lake::open(dest, true, || S3Context::connect(s3))?);
+    let lake: Arc<Lake> = Arc::from(lake::open(dest, true, || S3Context::connect(s3))?);
     let _lock = lock::acquire(lake.clone(), "state reset", lock)?;
     let mut ledger = Ledger::load(lake.as_ref())?;
     let chosen = reset_candidates(&ledger, filter);
