@@ -494,6 +494,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lake_in_any_store_is_fenced_and_stages_in_the_temp_dir() {
+        let store = Arc::new(crate::store::memory::MemoryStore::new("lake"));
+        let lake = Lake::new(store.clone());
+        assert!(matches!(lake.put("x", b"1"), Err(Error::Locked(_))));
+        lake.put_if_absent(LOCK_PATH, b"{}").unwrap();
+        assert!(lake.put_if_absent_is_exclusive());
+        assert!(matches!(
+            lake.put_if_absent(LOCK_PATH, b"{}"),
+            Err(Error::AlreadyExists { .. })
+        ));
+        lake.fence.hold(Instant::now(), Duration::from_secs(60));
+        lake.prepare_staging().unwrap();
+        assert!(lake.staging().starts_with(std::env::temp_dir()));
+        let staged = lake.staging().join("f.parquet");
+        std::fs::write(&staged, b"PAR1").unwrap();
+        lake.publish(&staged, "billing_period=2025-11/f.parquet")
+            .unwrap();
+        assert_eq!(
+            lake.list("billing_period=").unwrap(),
+            vec![("billing_period=2025-11/f.parquet".to_string(), 4)]
+        );
+        let staging = lake.staging().to_path_buf();
+        drop(lake);
+        assert!(!staging.exists());
+        assert_eq!(store.list("").unwrap().len(), 2);
+    }
+
+    #[test]
     fn the_lock_holder_clears_other_runs_staging_and_keeps_its_own() {
         let (dir, lake) = lake();
         let base = staging_base(&dir);
