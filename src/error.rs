@@ -44,6 +44,10 @@ pub enum Error {
     #[error("{0}")]
     Fetch(String),
 
+    /// `put_if_absent` found an object at `key` already (see `store::Store`).
+    #[error("{key}: already exists")]
+    AlreadyExists { key: String },
+
     /// Another run holds the lake's lock.
     #[error("{0}")]
     Locked(String),

@@ -7,8 +7,9 @@
 //! failed download can never look like a complete file.
 //!
 //! The other direction: when the reader is dropped before the end (the decoder rejected the
-//! file: a GBK byte, an over-long line, a corrupt member), [`ChunkSender::send`] returns false
-//! and the source stops and returns `Ok` with the bytes it sent. The decoder's error is the
+//! file: a GBK byte, an over-long line, a corrupt member), sending a chunk fails, the callback
+//! the source streams to returns false, and the source stops and returns `Ok` with the bytes it
+//! sent. The decoder's error is the
 //! cause; a source that reported its own error here ("file changed while it was read", because
 //! fewer bytes were read than listed) would hide it, since the run reports a fetch error before
 //! a decoder's. Only a reader that stops early does this, and `unpack` makes sure a reader is
@@ -24,27 +25,10 @@ use tokio::sync::mpsc;
 use crate::store::source::{ObjectInfo, Source};
 use crate::{Error, Result};
 
-pub const CHUNK_BYTES: usize = 1 << 20;
+pub use crate::store::CHUNK_BYTES;
 const CHANNEL_CHUNKS: usize = 8;
 
 type Chunk = std::result::Result<Bytes, String>;
-
-/// Sending end, used by sources. `send` returns false once the reader has gone away.
-pub struct ChunkSender {
-    tx: mpsc::Sender<Chunk>,
-}
-
-impl ChunkSender {
-    /// From a plain thread.
-    pub fn send(&self, chunk: Bytes) -> bool {
-        self.tx.blocking_send(Ok(chunk)).is_ok()
-    }
-
-    /// From async code on the S3 runtime.
-    pub async fn send_async(&self, chunk: Bytes) -> bool {
-        self.tx.send(Ok(chunk)).await.is_ok()
-    }
-}
 
 /// Receiving end: the object's bytes as a reader.
 pub struct FetchReader {
@@ -83,19 +67,19 @@ pub struct Fetched {
 
 /// Starts streaming `object` on a new thread.
 pub fn spawn(
-    source: Arc<dyn Source>,
+    source: Arc<Source>,
     object: ObjectInfo,
 ) -> Result<(FetchReader, JoinHandle<Result<Fetched>>)> {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let handle = std::thread::Builder::new()
         .name("billpipe-fetch".into())
         .spawn(move || {
-            let sender = ChunkSender { tx };
             let started = std::time::Instant::now();
-            let result = source.stream(&object, &sender);
+            // Called on this plain thread (never inside the S3 runtime), so it may block.
+            let result = source.stream(&object, &mut |chunk| tx.blocking_send(Ok(chunk)).is_ok());
             if let Err(e) = &result {
                 // Make the failure visible to the reader, not just a short file.
-                let _ = sender.tx.blocking_send(Err(e.to_string()));
+                let _ = tx.blocking_send(Err(e.to_string()));
             }
             result.map(|bytes| Fetched {
                 bytes,

@@ -113,7 +113,7 @@ impl Failure {
 /// Reads `objects` into `sink`. Returns what was read, also when reading failed (`validate`
 /// reports the rows judged before the failure), and the error that explains the failure.
 pub fn read(
-    source: &Arc<dyn Source>,
+    source: &Arc<Source>,
     objects: &[&ObjectInfo],
     reading: &Reading,
     sink: &mut dyn Sink,

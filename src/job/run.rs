@@ -93,11 +93,11 @@ impl RunOptions {
 pub(crate) struct Context {
     pub(crate) pipeline: Pipeline,
     pub(crate) profile: Profile,
-    pub(crate) source: Arc<dyn Source>,
+    pub(crate) source: Arc<Source>,
     /// The source's listing, taken before the lake is touched: a missing bucket, bad
     /// credentials or an unreachable endpoint fail the run before anything is written.
     pub(crate) listing: Vec<ObjectInfo>,
-    pub(crate) lake: Arc<dyn Lake>,
+    pub(crate) lake: Arc<Lake>,
     /// Shared by the jobs; held only to read an entry or to record and save one.
     pub(crate) ledger: Mutex<Ledger>,
     pub(crate) decode: DecodeOptions,
@@ -121,9 +121,9 @@ fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
         *guard = Some(ctx.clone());
         Ok(ctx)
     };
-    let source: Arc<dyn Source> = Arc::from(source::open(&opts.source, s3)?);
+    let source: Arc<Source> = Arc::from(source::open(&opts.source, s3)?);
     let listing = source.list()?;
-    let lake: Arc<dyn Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
+    let lake: Arc<Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
     let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
     let decode = decode_options(&pipeline, opts.batch_rows)?;
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;

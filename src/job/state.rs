@@ -40,7 +40,7 @@ pub fn state_reset(
     filter: &ResetFilter,
     lock: &LockOptions,
 ) -> Result<Vec<LedgerEntry>> {
-    let lake: Arc<dyn Lake> = Arc::from(lake::open(dest, true, || S3Context::connect(s3))?);
+    let lake: Arc<Lake> = Arc::from(lake::open(dest, true, || S3Context::connect(s3))?);
     let _lock = lock::acquire(lake.clone(), "state reset", lock)?;
     let mut ledger = Ledger::load(lake.as_ref())?;
     let chosen = reset_candidates(&ledger, filter);

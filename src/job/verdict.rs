@@ -20,7 +20,7 @@ use crate::ingest::pipeline::{self, Reading, SchemaChoice, Sink};
 use crate::job::load::{bill_reading, decode_options};
 use crate::state::classify::{Classification, Pipeline};
 use crate::store::s3::{S3Context, S3Location, S3Options};
-use crate::store::source::{LocalSource, ObjectInfo, S3Source, Source};
+use crate::store::source::{ObjectInfo, Source};
 use crate::{Error, Result};
 
 /// The verdict on one file checked by `billpipe validate`.
@@ -165,7 +165,7 @@ pub fn validate_file(
 }
 
 /// The source and object behind a `validate` argument: an `s3://bucket/key` or a local file.
-fn open_one(uri: &str, s3: &S3Options) -> Result<(Arc<dyn Source>, ObjectInfo)> {
+fn open_one(uri: &str, s3: &S3Options) -> Result<(Arc<Source>, ObjectInfo)> {
     if let Some(loc) = S3Location::parse(uri) {
         let key = loc.prefix.trim_end_matches('/').to_string();
         let root = S3Location {
@@ -179,7 +179,7 @@ fn open_one(uri: &str, s3: &S3Options) -> Result<(Arc<dyn Source>, ObjectInfo)> 
             last_modified: None,
         };
         return Ok((
-            Arc::new(S3Source::new(root, S3Context::connect(s3)?)),
+            Arc::new(Source::s3(root, S3Context::connect(s3)?)),
             object,
         ));
     }
@@ -202,7 +202,7 @@ fn open_one(uri: &str, s3: &S3Options) -> Result<(Arc<dyn Source>, ObjectInfo)> 
         etag: String::new(),
         last_modified: None,
     };
-    Ok((Arc::new(LocalSource::new(dir)), object))
+    Ok((Arc::new(Source::local(dir)), object))
 }
 
 /// Counts rows with errors; refuses, before any row, a file that is mostly not FOCUS 1.x.

@@ -71,7 +71,7 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn load(lake: &dyn Lake) -> Result<Ledger> {
+    pub fn load(lake: &Lake) -> Result<Ledger> {
         match lake.get(LEDGER_PATH)? {
             None => Ok(Ledger {
                 format: FORMAT_VERSION,
@@ -93,7 +93,7 @@ impl Ledger {
         }
     }
 
-    pub fn save(&self, lake: &dyn Lake) -> Result<()> {
+    pub fn save(&self, lake: &Lake) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Ledger {
             path: LEDGER_PATH.into(),
             message: e.to_string(),

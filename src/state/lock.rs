@@ -119,7 +119,7 @@ pub fn pid_namespace() -> Option<String> {
 /// A held lock. Dropping it stops the heartbeat, closes the lake's fence, removes this run's
 /// staging folder and removes the lock (if it is still this run's).
 pub struct LakeLock {
-    lake: Arc<dyn Lake>,
+    lake: Arc<Lake>,
     info: LockInfo,
     /// Dropping it wakes the heartbeat thread and ends it.
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -183,7 +183,7 @@ impl LockInfo {
 
 /// Takes the lake's lock or explains who holds it. Once taken, the lake's fence is open and the
 /// run's staging folder is ready (see `lake`).
-pub fn acquire(lake: Arc<dyn Lake>, command: &str, options: &LockOptions) -> Result<LakeLock> {
+pub fn acquire(lake: Arc<Lake>, command: &str, options: &LockOptions) -> Result<LakeLock> {
     let mut info = LockInfo {
         owner: lake.run_id().to_string(),
         host: hostname(),
@@ -234,10 +234,13 @@ pub fn acquire(lake: Arc<dyn Lake>, command: &str, options: &LockOptions) -> Res
         let taken = Instant::now();
         info.heartbeat_at = now();
         let bytes = serde_json::to_vec_pretty(&info).map_err(|e| Error::Config(e.to_string()))?;
-        if !lake.create_new(LOCK_PATH, &bytes)? {
-            continue;
+        match lake.put_if_absent(LOCK_PATH, &bytes) {
+            Ok(()) => {}
+            // Someone else created it first: look again.
+            Err(Error::AlreadyExists { .. }) => continue,
+            Err(e) => return Err(e),
         }
-        if !lake.exclusive_create() || took_over {
+        if !lake.put_if_absent_is_exclusive() || took_over {
             // Two runs that both found no lock (or both removed the same stale one) may both
             // have "created" it; the one whose id does not read back steps aside.
             std::thread::sleep(Duration::from_millis(500));
@@ -264,7 +267,7 @@ enum Watched {
     Unchanged,
 }
 
-fn watch(lake: &dyn Lake, seen: &[u8], how_long: Duration) -> Result<Watched> {
+fn watch(lake: &Lake, seen: &[u8], how_long: Duration) -> Result<Watched> {
     let held = parse(seen);
     tracing::info!(
         "the lock's heartbeat is more than the stale timeout away from this clock; watching it for {} s: {}",
@@ -301,13 +304,13 @@ fn parse(bytes: &[u8]) -> LockInfo {
     })
 }
 
-fn read(lake: &dyn Lake) -> Result<Option<LockInfo>> {
+fn read(lake: &Lake) -> Result<Option<LockInfo>> {
     Ok(lake.get(LOCK_PATH)?.map(|b| parse(&b)))
 }
 
 /// One heartbeat: rewrites the lock if it is still ours and the lease has not lapsed; marks the
 /// fence lost otherwise. `false` when the lock is lost for good.
-fn beat(lake: &dyn Lake, info: &mut LockInfo) -> bool {
+fn beat(lake: &Lake, info: &mut LockInfo) -> bool {
     let fence = lake.fence();
     let checked = Instant::now();
     if fence.lapsed() {
@@ -347,7 +350,7 @@ fn beat(lake: &dyn Lake, info: &mut LockInfo) -> bool {
 }
 
 /// Starts the heartbeat thread of a freshly taken lock.
-fn start(lake: Arc<dyn Lake>, info: LockInfo, options: &LockOptions) -> LakeLock {
+fn start(lake: Arc<Lake>, info: LockInfo, options: &LockOptions) -> LakeLock {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let period = options.heartbeat();
     let heartbeat = {

@@ -1,4 +1,5 @@
-//! Where the lake lives: a local folder or an S3 prefix, behind one small trait.
+//! Where the lake lives: a [`Store`] (a local folder or an S3 prefix) plus what writing a lake
+//! needs beyond storage: the lock's fence, the run's staging folder, and path limits.
 //!
 //! The lake's one promise is that replacing an object is atomic: a reader sees the old bytes or
 //! the new ones, never a mix and never nothing. Locally that is a rename within one file system
@@ -8,7 +9,7 @@
 //! Only the holder of the lake's lock writes (see `lock`), and this module enforces it rather
 //! than trusting callers: every handle carries a [`Fence`] that the lock opens when it is taken
 //! and closes when it is released or lost. Until then `publish`, `put`, `delete` and
-//! `create_new` refuse with [`Error::Locked`] — except on the lock object itself, which the lock
+//! `put_if_absent` refuse with [`Error::Locked`] — except on the lock object itself, which the lock
 //! protocol governs. A run that finds the lake locked has therefore touched nothing: not
 //! staging, not the ledger, not a partition.
 //!
@@ -28,77 +29,247 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use aws_smithy_types::byte_stream::Length;
-
+use super::local::{LocalStore, TMP_SUFFIX};
+use super::s3::{S3Context, S3Location, S3Store};
+use super::Store;
 use crate::state::lock::LOCK_PATH;
-use crate::store::s3::{describe, S3Context, S3Location};
 use crate::{Error, Result};
 
-/// Files above this go up in parts of this size, unless `S3Options::part_bytes` says otherwise.
-const MULTIPART_BYTES: u64 = 16 << 20;
-const MIN_PART_BYTES: u64 = 5 << 20;
 /// The longest path segment most file systems accept (ext4, xfs, apfs, ntfs: 255 bytes).
 pub const MAX_SEGMENT_BYTES: usize = 255;
 /// The longest S3 object key.
 const MAX_S3_KEY_BYTES: usize = 1024;
 /// Name prefix of S3 lakes' staging folders in the temp dir.
 const S3_STAGING_PREFIX: &str = "billpipe-staging-";
-/// A small file (`put`, `create_new`) is written beside its target under this suffix and renamed
-/// over it; one older than this was left by a killed writer.
-const SMALL_TMP_SUFFIX: &str = ".tmp";
+/// A small file (`put`, `put_if_absent`) is written beside its target under a `.tmp` name and
+/// renamed over it; one older than this was left by a killed writer.
 const SMALL_TMP_STALE: Duration = Duration::from_secs(600);
 
-pub trait Lake: Send + Sync {
-    fn uri(&self) -> String;
-    /// This handle's run id: the name of its staging folder and its lock's owner id.
-    fn run_id(&self) -> &str;
-    /// What lets this handle write: opened by the lock while it is held (see [`Fence`]).
-    fn fence(&self) -> &Fence;
-    /// This run's local folder for files about to be published; it exists once the lock is
-    /// held (see [`Lake::prepare_staging`]).
-    fn staging(&self) -> &Path;
-    /// Makes this run's staging folder and removes what other runs left behind. Called by the
-    /// lock once it is held; refused otherwise.
-    fn prepare_staging(&self) -> Result<()>;
-    /// Removes this run's staging folder (when the lock is released).
-    fn release_staging(&self) {
-        let _ = std::fs::remove_dir_all(self.staging());
-    }
-    /// `Ok` if `rel` can be written to this lake; a rejection naming the problem otherwise.
-    fn check_path(&self, rel: &str) -> Result<()>;
-    /// Moves a staged file to `rel` (a path relative to the lake root), replacing atomically.
-    fn publish(&self, staged: &Path, rel: &str) -> Result<()>;
-    /// Writes small bytes (the ledger) to `rel`, replacing atomically.
-    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()>;
-    /// Writes `rel` only if it does not exist yet; `false` if it did. (Exclusive locally;
-    /// on S3 as exclusive as the store's `If-None-Match` support, see `lock`.)
-    fn create_new(&self, rel: &str, bytes: &[u8]) -> Result<bool>;
-    /// Whether `create_new` is truly exclusive on this store.
-    fn exclusive_create(&self) -> bool;
-    /// Reads `rel`, or `None` if it does not exist.
-    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>>;
-    fn delete(&self, rel: &str) -> Result<()>;
-    /// Relative paths and sizes of every object under `rel_prefix`.
-    fn list(&self, rel_prefix: &str) -> Result<Vec<(String, u64)>>;
+/// A lake: the store it is written to, and this run's fence and staging.
+pub struct Lake {
+    store: Arc<dyn Store>,
+    run_id: String,
+    fence: Fence,
+    /// This run's staging folder.
+    staging: PathBuf,
+    /// Where the other runs' staging folders are, to clear them.
+    others: Staging,
+    /// On S3: the bytes of the lake's key prefix, which count towards the key limit.
+    key_prefix_bytes: Option<usize>,
+}
+
+/// Where a lake's runs stage.
+enum Staging {
+    /// A local lake: `<root>/_billpipe/staging/<run id>`, beside the lake so publishing is a
+    /// rename; small `.tmp` files of killed writers are in `<root>/_billpipe`.
+    InLake { base: PathBuf, meta: PathBuf },
+    /// Any other lake: `<temp>/<prefix><run id>`.
+    Temp { prefix: String },
 }
 
 /// Opens `--dest`: `s3://bucket/prefix` or a local folder (created if missing).
 /// `writable: false` (for `plan`) creates nothing. Opening never touches staging, the ledger or
 /// a partition: that waits for the lock.
-pub fn open(
-    uri: &str,
-    writable: bool,
-    s3: impl FnOnce() -> Result<S3Context>,
-) -> Result<Box<dyn Lake>> {
+pub fn open(uri: &str, writable: bool, s3: impl FnOnce() -> Result<S3Context>) -> Result<Lake> {
     match S3Location::parse(uri) {
-        Some(location) => Ok(Box::new(S3Lake::new(location, s3()?)?)),
+        Some(location) => Ok(Lake::s3(location, s3()?)),
         None if uri.starts_with("s3://") => Err(Error::Config(format!("bad S3 URI {uri:?}"))),
-        None => Ok(Box::new(LocalLake::new(PathBuf::from(uri), writable)?)),
+        None => Lake::local(PathBuf::from(uri), writable),
+    }
+}
+
+impl Lake {
+    /// A lake in a local folder, created if `writable`.
+    pub fn local(root: PathBuf, writable: bool) -> Result<Lake> {
+        if writable {
+            std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        }
+        let run_id = new_run_id();
+        let base = root.join("_billpipe").join("staging");
+        Ok(Lake {
+            staging: base.join(&run_id),
+            others: Staging::InLake {
+                base,
+                meta: root.join("_billpipe"),
+            },
+            store: Arc::new(LocalStore::new(root, &run_id)),
+            run_id,
+            fence: Fence::default(),
+            key_prefix_bytes: None,
+        })
+    }
+
+    /// A lake under an S3 prefix.
+    pub fn s3(location: S3Location, ctx: S3Context) -> Lake {
+        let key_prefix_bytes = Some(location.prefix.len());
+        let mut lake = Lake::new(Arc::new(S3Store::new(location, ctx)));
+        lake.key_prefix_bytes = key_prefix_bytes;
+        lake
+    }
+
+    /// A lake in any store, staging in the temp dir (as S3 lakes do).
+    pub fn new(store: Arc<dyn Store>) -> Lake {
+        let run_id = new_run_id();
+        // Runs of other lakes on this machine stage beside ours: only this lake's are ours to
+        // clear. 64 bits of the URI's hash tell lakes apart.
+        let lake = crate::ingest::write::stable_hash(store.uri().as_bytes()) as u64;
+        let prefix = format!("{S3_STAGING_PREFIX}{lake:016x}-");
+        Lake {
+            staging: std::env::temp_dir().join(format!("{prefix}{run_id}")),
+            others: Staging::Temp { prefix },
+            store,
+            run_id,
+            fence: Fence::default(),
+            key_prefix_bytes: None,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn uri(&self) -> String {
+        self.store.uri()
+    }
+
+    /// This handle's run id: the name of its staging folder and its lock's owner id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// What lets this handle write: opened by the lock while it is held (see [`Fence`]).
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// This run's local folder for files about to be published; it exists once the lock is
+    /// held (see [`Lake::prepare_staging`]).
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// Makes this run's staging folder and removes what other runs left behind. Called by the
+    /// lock once it is held; refused otherwise.
+    pub fn prepare_staging(&self) -> Result<()> {
+        self.fence.check("the staging folder")?;
+        std::fs::create_dir_all(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
+        match &self.others {
+            Staging::InLake { base, meta } => {
+                // Every other entry is a killed or fenced-off run's (or an older billpipe's
+                // loose files): no run that lacks the lock may be staging.
+                let entries = std::fs::read_dir(base).map_err(|e| Error::io(base, e))?;
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy() != self.run_id {
+                        remove_any(&e.path());
+                    }
+                }
+                // Small files of writers killed between write and rename (old ones only: a run
+                // taking the lock right now writes its lock file this way).
+                if let Ok(entries) = std::fs::read_dir(meta) {
+                    for e in entries.flatten() {
+                        let old = e
+                            .metadata()
+                            .ok()
+                            .and_then(|m| m.modified().ok())
+                            .and_then(|t| t.elapsed().ok())
+                            .is_some_and(|age| age > SMALL_TMP_STALE);
+                        if old && e.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                            remove_any(&e.path());
+                        }
+                    }
+                }
+            }
+            Staging::Temp { prefix } => {
+                let ours = self
+                    .staging
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let temp = std::env::temp_dir();
+                let entries = std::fs::read_dir(&temp).map_err(|e| Error::io(&temp, e))?;
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // This lake's other runs do not hold its lock: killed, or fenced off.
+                    if (name.starts_with(prefix.as_str()) && name != ours)
+                        || legacy_staging_is_dead(&name)
+                    {
+                        remove_any(&e.path());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes this run's staging folder (when the lock is released).
+    pub fn release_staging(&self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+
+    /// `Ok` if `rel` can be written to this lake; a rejection naming the problem otherwise.
+    pub fn check_path(&self, rel: &str) -> Result<()> {
+        check_rel_path(rel, self.key_prefix_bytes)
+    }
+
+    /// Moves a staged file to `rel` (a path relative to the lake root), replacing atomically.
+    pub fn publish(&self, staged: &Path, rel: &str) -> Result<()> {
+        self.fence.check_rel(rel)?;
+        self.store.put_file(staged, rel)
+    }
+
+    /// Writes small bytes (the ledger) to `rel`, replacing atomically.
+    pub fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        self.fence.check_rel(rel)?;
+        self.store.put_bytes(rel, bytes)
+    }
+
+    /// Writes `rel` only if it does not exist yet; [`Error::AlreadyExists`] if it did.
+    /// (Exclusive locally; on S3 as exclusive as the store's `If-None-Match` support, see
+    /// [`Lake::put_if_absent_is_exclusive`] and `lock`.)
+    pub fn put_if_absent(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        self.fence.check_rel(rel)?;
+        self.store.put_if_absent(rel, bytes)
+    }
+
+    /// Whether `put_if_absent` is truly exclusive on this store.
+    pub fn put_if_absent_is_exclusive(&self) -> bool {
+        self.store.put_if_absent_is_exclusive()
+    }
+
+    /// Reads `rel`, or `None` if it does not exist.
+    pub fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        self.store.get_bytes(rel)
+    }
+
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        self.fence.check_rel(rel)?;
+        self.store.delete(rel)
+    }
+
+    /// Relative paths and sizes of every object under `rel_prefix`.
+    pub fn list(&self, rel_prefix: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .store
+            .list(rel_prefix)?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect())
+    }
+}
+
+/// So `lake.as_ref()` reads the same whether a caller holds a `Lake` or an `Arc<Lake>`.
+impl AsRef<Lake> for Lake {
+    fn as_ref(&self) -> &Lake {
+        self
+    }
+}
+
+impl Drop for Lake {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
     }
 }
 
@@ -271,356 +442,6 @@ fn remove_any(path: &Path) {
     }
 }
 
-pub struct LocalLake {
-    root: PathBuf,
-    run_id: String,
-    /// `<root>/_billpipe/staging`: every run's staging folder is in here.
-    staging_base: PathBuf,
-    /// `<staging_base>/<run id>`
-    staging: PathBuf,
-    fence: Fence,
-    counter: AtomicU64,
-}
-
-impl LocalLake {
-    pub fn new(root: PathBuf, writable: bool) -> Result<LocalLake> {
-        if writable {
-            std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        }
-        let run_id = new_run_id();
-        let staging_base = root.join("_billpipe").join("staging");
-        Ok(LocalLake {
-            staging: staging_base.join(&run_id),
-            staging_base,
-            root,
-            run_id,
-            fence: Fence::default(),
-            counter: Default::default(),
-        })
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
-
-    /// Writes bytes to a uniquely named file beside `target` (same folder, so the rename is
-    /// atomic; not in staging, which a run may only use once it holds the lock).
-    fn small_file(&self, target: &Path, bytes: &[u8]) -> Result<PathBuf> {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = target.parent().unwrap_or(&self.root);
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let staged = dir.join(format!("{name}.{}.{n}{SMALL_TMP_SUFFIX}", self.run_id));
-        std::fs::write(&staged, bytes).map_err(|e| Error::io(&staged, e))?;
-        Ok(staged)
-    }
-}
-
-impl Drop for LocalLake {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.staging);
-    }
-}
-
-fn sync_dir(dir: &Path) {
-    // Makes the rename durable; failure only weakens durability, not atomicity.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-impl Lake for LocalLake {
-    fn uri(&self) -> String {
-        self.root.display().to_string()
-    }
-
-    fn run_id(&self) -> &str {
-        &self.run_id
-    }
-
-    fn fence(&self) -> &Fence {
-        &self.fence
-    }
-
-    fn staging(&self) -> &Path {
-        &self.staging
-    }
-
-    fn prepare_staging(&self) -> Result<()> {
-        self.fence.check("the staging folder")?;
-        std::fs::create_dir_all(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
-        // Every other entry is a killed or fenced-off run's (or an older billpipe's loose
-        // files): no run that lacks the lock may be staging.
-        let entries =
-            std::fs::read_dir(&self.staging_base).map_err(|e| Error::io(&self.staging_base, e))?;
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy() != self.run_id {
-                remove_any(&e.path());
-            }
-        }
-        // Small files of writers killed between write and rename (old ones only: a run taking
-        // the lock right now writes its lock file this way).
-        let meta = self.root.join("_billpipe");
-        if let Ok(entries) = std::fs::read_dir(&meta) {
-            for e in entries.flatten() {
-                let old = e
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > SMALL_TMP_STALE);
-                if old && e.file_name().to_string_lossy().ends_with(SMALL_TMP_SUFFIX) {
-                    remove_any(&e.path());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn check_path(&self, rel: &str) -> Result<()> {
-        check_rel_path(rel, None)
-    }
-
-    fn publish(&self, staged: &Path, rel: &str) -> Result<()> {
-        self.fence.check_rel(rel)?;
-        let target = self.path(rel);
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        std::fs::File::open(staged)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(staged, e))?;
-        std::fs::rename(staged, &target).map_err(|e| Error::io(&target, e))?;
-        if let Some(dir) = target.parent() {
-            sync_dir(dir);
-        }
-        Ok(())
-    }
-
-    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        self.fence.check_rel(rel)?;
-        let target = self.path(rel);
-        let staged = self.small_file(&target, bytes)?;
-        let renamed = std::fs::File::open(&staged)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&staged, &target));
-        if let Err(e) = renamed {
-            let _ = std::fs::remove_file(&staged);
-            return Err(Error::io(&target, e));
-        }
-        if let Some(dir) = target.parent() {
-            sync_dir(dir);
-        }
-        Ok(())
-    }
-
-    fn exclusive_create(&self) -> bool {
-        true
-    }
-
-    fn create_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
-        self.fence.check_rel(rel)?;
-        let target = self.path(rel);
-        let staged = self.small_file(&target, bytes)?;
-        // A hard link appears whole and fails if the name exists: an exclusive, atomic create.
-        let linked = std::fs::hard_link(&staged, &target);
-        let _ = std::fs::remove_file(&staged);
-        match linked {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::io(&target, e)),
-        }
-    }
-
-    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.path(rel);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(&path, e)),
-        }
-    }
-
-    fn delete(&self, rel: &str) -> Result<()> {
-        self.fence.check_rel(rel)?;
-        let path = self.path(rel);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, e)),
-        }
-        // Tidy now-empty partition folders so globbing readers do not trip on them.
-        let mut dir = path.parent();
-        while let Some(d) = dir {
-            if d == self.root || std::fs::remove_dir(d).is_err() {
-                break;
-            }
-            dir = d.parent();
-        }
-        Ok(())
-    }
-
-    fn list(&self, rel_prefix: &str) -> Result<Vec<(String, u64)>> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> Result<()> {
-            let entries = match std::fs::read_dir(dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(Error::io(dir, e)),
-            };
-            for e in entries {
-                let e = e.map_err(|err| Error::io(dir, err))?;
-                let p = e.path();
-                let meta = e.metadata().map_err(|err| Error::io(&p, err))?;
-                if meta.is_dir() {
-                    walk(root, &p, out)?;
-                } else if let Ok(rel) = p.strip_prefix(root) {
-                    out.push((rel.to_string_lossy().replace('\\', "/"), meta.len()));
-                }
-            }
-            Ok(())
-        }
-        let mut out = Vec::new();
-        walk(&self.root, &self.path(rel_prefix), &mut out)?;
-        out.sort();
-        Ok(out)
-    }
-}
-
-pub struct S3Lake {
-    location: S3Location,
-    ctx: S3Context,
-    run_id: String,
-    /// `billpipe-staging-<lake hash>-`: the names of this lake's staging folders in the temp dir.
-    staging_prefix: String,
-    /// `<temp>/<staging_prefix><run id>`
-    staging: PathBuf,
-    fence: Fence,
-    part_bytes: u64,
-}
-
-impl S3Lake {
-    pub fn new(location: S3Location, ctx: S3Context) -> Result<S3Lake> {
-        let part_bytes = match ctx.options.part_bytes {
-            0 => MULTIPART_BYTES,
-            n => n.max(MIN_PART_BYTES),
-        };
-        let run_id = new_run_id();
-        // Runs of other lakes on this machine stage beside ours: only this lake's are ours to
-        // clear. 64 bits of the URI's hash tell lakes apart.
-        let lake = crate::ingest::write::stable_hash(location.uri().as_bytes()) as u64;
-        let staging_prefix = format!("{S3_STAGING_PREFIX}{lake:016x}-");
-        Ok(S3Lake {
-            staging: std::env::temp_dir().join(format!("{staging_prefix}{run_id}")),
-            staging_prefix,
-            run_id,
-            location,
-            ctx,
-            fence: Fence::default(),
-            part_bytes,
-        })
-    }
-
-    fn key(&self, rel: &str) -> String {
-        format!("{}{}", self.location.prefix, rel)
-    }
-
-    fn err(&self, op: &'static str, key: &str, message: String) -> Error {
-        Error::S3 {
-            op,
-            bucket: self.location.bucket.clone(),
-            key: key.to_string(),
-            message,
-        }
-    }
-
-    async fn multipart(&self, staged: &Path, key: &str, size: u64) -> Result<()> {
-        let client = &self.ctx.client;
-        let bucket = &self.location.bucket;
-        let created = client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.err("CreateMultipartUpload", key, describe(&e)))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| self.err("CreateMultipartUpload", key, "no upload id".into()))?
-            .to_string();
-        let result: Result<Vec<CompletedPart>> = async {
-            let mut parts = Vec::new();
-            let mut offset = 0u64;
-            let mut number = 1;
-            while offset < size {
-                let len = self.part_bytes.min(size - offset);
-                let body = ByteStream::read_from()
-                    .path(staged)
-                    .offset(offset)
-                    .length(Length::Exact(len))
-                    .build()
-                    .await
-                    .map_err(|e| self.err("UploadPart", key, e.to_string()))?;
-                let done = client
-                    .upload_part()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("UploadPart", key, describe(&e)))?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(done.e_tag().map(str::to_string))
-                        .build(),
-                );
-                offset += len;
-                number += 1;
-            }
-            Ok(parts)
-        }
-        .await;
-        let completed = match result {
-            Ok(parts) => client
-                .complete_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| self.err("CompleteMultipartUpload", key, describe(&e))),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = completed {
-            let _ = client
-                .abort_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .send()
-                .await;
-            return Err(e);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for S3Lake {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.staging);
-    }
-}
-
 /// Whether a staging folder of billpipe 0.1 (`billpipe-staging-<pid>`, one per process) was
 /// left by a process that is gone. Only where `/proc` shows this namespace's processes; anywhere
 /// else it is left alone.
@@ -634,220 +455,38 @@ fn legacy_staging_is_dead(name: &str) -> bool {
     Path::new("/proc/self").exists() && !Path::new("/proc").join(pid).exists()
 }
 
-impl Lake for S3Lake {
-    fn uri(&self) -> String {
-        self.location.uri()
-    }
-
-    fn run_id(&self) -> &str {
-        &self.run_id
-    }
-
-    fn fence(&self) -> &Fence {
-        &self.fence
-    }
-
-    fn staging(&self) -> &Path {
-        &self.staging
-    }
-
-    fn prepare_staging(&self) -> Result<()> {
-        self.fence.check("the staging folder")?;
-        std::fs::create_dir_all(&self.staging).map_err(|e| Error::io(&self.staging, e))?;
-        let ours = self
-            .staging
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = std::env::temp_dir();
-        let entries = std::fs::read_dir(&temp).map_err(|e| Error::io(&temp, e))?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            // This lake's other runs do not hold its lock: killed, or fenced off.
-            if (name.starts_with(&self.staging_prefix) && name != ours)
-                || legacy_staging_is_dead(&name)
-            {
-                remove_any(&e.path());
-            }
-        }
-        Ok(())
-    }
-
-    fn check_path(&self, rel: &str) -> Result<()> {
-        check_rel_path(rel, Some(self.location.prefix.len()))
-    }
-
-    fn publish(&self, staged: &Path, rel: &str) -> Result<()> {
-        self.fence.check_rel(rel)?;
-        let key = self.key(rel);
-        let size = std::fs::metadata(staged)
-            .map_err(|e| Error::io(staged, e))?
-            .len();
-        self.ctx.runtime.block_on(async {
-            if size > self.part_bytes {
-                self.multipart(staged, &key, size).await
-            } else {
-                let body = ByteStream::from_path(staged)
-                    .await
-                    .map_err(|e| self.err("PutObject", &key, e.to_string()))?;
-                self.ctx
-                    .client
-                    .put_object()
-                    .bucket(&self.location.bucket)
-                    .key(&key)
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("PutObject", &key, describe(&e)))?;
-                Ok(())
-            }
-        })?;
-        std::fs::remove_file(staged).map_err(|e| Error::io(staged, e))
-    }
-
-    fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
-        self.fence.check_rel(rel)?;
-        let key = self.key(rel);
-        self.ctx.runtime.block_on(async {
-            self.ctx
-                .client
-                .put_object()
-                .bucket(&self.location.bucket)
-                .key(&key)
-                .body(ByteStream::from(bytes.to_vec()))
-                .send()
-                .await
-                .map_err(|e| self.err("PutObject", &key, describe(&e)))?;
-            Ok(())
-        })
-    }
-
-    fn exclusive_create(&self) -> bool {
-        // Garage ignores If-None-Match and COS support is unverified: never rely on it.
-        false
-    }
-
-    fn create_new(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
-        self.fence.check_rel(rel)?;
-        let key = self.key(rel);
-        self.ctx.runtime.block_on(async {
-            let sent = self
-                .ctx
-                .client
-                .put_object()
-                .bucket(&self.location.bucket)
-                .key(&key)
-                .if_none_match("*")
-                .body(ByteStream::from(bytes.to_vec()))
-                .send()
-                .await;
-            match sent {
-                Ok(_) => Ok(true),
-                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => Ok(false),
-                Err(e) => Err(self.err("PutObject", &key, describe(&e))),
-            }
-        })
-    }
-
-    fn get(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.key(rel);
-        self.ctx.runtime.block_on(async {
-            let resp = self
-                .ctx
-                .client
-                .get_object()
-                .bucket(&self.location.bucket)
-                .key(&key)
-                .send()
-                .await;
-            match resp {
-                Ok(r) => {
-                    let data = r
-                        .body
-                        .collect()
-                        .await
-                        .map_err(|e| self.err("GetObject", &key, e.to_string()))?;
-                    Ok(Some(data.into_bytes().to_vec()))
-                }
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-                Err(e) => Err(self.err("GetObject", &key, describe(&e))),
-            }
-        })
-    }
-
-    fn delete(&self, rel: &str) -> Result<()> {
-        self.fence.check_rel(rel)?;
-        let key = self.key(rel);
-        self.ctx.runtime.block_on(async {
-            self.ctx
-                .client
-                .delete_object()
-                .bucket(&self.location.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| self.err("DeleteObject", &key, describe(&e)))?;
-            Ok(())
-        })
-    }
-
-    fn list(&self, rel_prefix: &str) -> Result<Vec<(String, u64)>> {
-        let prefix = self.key(rel_prefix);
-        self.ctx.runtime.block_on(async {
-            let mut out = Vec::new();
-            let mut token = None;
-            loop {
-                let resp = self
-                    .ctx
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.location.bucket)
-                    .prefix(&prefix)
-                    .set_continuation_token(token)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("ListObjectsV2", &prefix, describe(&e)))?;
-                for o in resp.contents() {
-                    if let Some(k) = o.key() {
-                        let rel = k.strip_prefix(&self.location.prefix).unwrap_or(k);
-                        out.push((rel.to_string(), o.size().unwrap_or(0).max(0) as u64));
-                    }
-                }
-                token = resp.next_continuation_token().map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-            out.sort();
-            Ok(out)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn lake() -> (tempfile::TempDir, LocalLake) {
+    fn lake() -> (tempfile::TempDir, Lake) {
         let dir = tempfile::tempdir().unwrap();
-        let lake = LocalLake::new(dir.path().join("lake"), true).unwrap();
+        let lake = Lake::local(dir.path().join("lake"), true).unwrap();
         (dir, lake)
+    }
+
+    fn staging_base(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("lake/_billpipe/staging")
     }
 
     #[test]
     fn nothing_but_the_lock_is_written_before_the_lock_is_held() {
-        let (_dir, lake) = lake();
+        let (dir, lake) = lake();
         let locked = |r: Result<()>| matches!(r, Err(Error::Locked(_)));
         assert!(locked(lake.put("_billpipe/ledger.json", b"{}")));
-        assert!(locked(lake.create_new("_billpipe/x", b"{}").map(|_| ())));
+        assert!(locked(lake.put_if_absent("_billpipe/x", b"{}")));
         assert!(locked(lake.delete("billing_period=2025-11/a/f.parquet")));
         assert!(locked(
             lake.publish(Path::new("/nonexistent"), "p/f.parquet")
         ));
         assert!(locked(lake.prepare_staging()));
-        assert!(!lake.staging_base.exists());
+        assert!(!staging_base(&dir).exists());
         // The lock protocol itself may write the lock.
-        assert!(lake.create_new(LOCK_PATH, b"{}").unwrap());
+        lake.put_if_absent(LOCK_PATH, b"{}").unwrap();
+        assert!(matches!(
+            lake.put_if_absent(LOCK_PATH, b"{}"),
+            Err(Error::AlreadyExists { .. })
+        ));
         lake.fence.hold(Instant::now(), Duration::from_secs(60));
         lake.put("_billpipe/ledger.json", b"{}").unwrap();
         lake.fence.close();
@@ -855,21 +494,50 @@ mod tests {
     }
 
     #[test]
-    fn the_lock_holder_clears_other_runs_staging_and_keeps_its_own() {
-        let (_dir, lake) = lake();
-        let dead = lake.staging_base.join("dead-run");
-        std::fs::create_dir_all(&dead).unwrap();
-        std::fs::write(dead.join("part-0.parquet.tmp"), b"x").unwrap();
-        std::fs::write(lake.staging_base.join("old.1.2.parquet.tmp"), b"x").unwrap();
+    fn a_lake_in_any_store_is_fenced_and_stages_in_the_temp_dir() {
+        let store = Arc::new(crate::store::memory::MemoryStore::new("lake"));
+        let lake = Lake::new(store.clone());
+        assert!(matches!(lake.put("x", b"1"), Err(Error::Locked(_))));
+        lake.put_if_absent(LOCK_PATH, b"{}").unwrap();
+        assert!(lake.put_if_absent_is_exclusive());
+        assert!(matches!(
+            lake.put_if_absent(LOCK_PATH, b"{}"),
+            Err(Error::AlreadyExists { .. })
+        ));
         lake.fence.hold(Instant::now(), Duration::from_secs(60));
         lake.prepare_staging().unwrap();
-        let left: Vec<_> = std::fs::read_dir(&lake.staging_base)
+        assert!(lake.staging().starts_with(std::env::temp_dir()));
+        let staged = lake.staging().join("f.parquet");
+        std::fs::write(&staged, b"PAR1").unwrap();
+        lake.publish(&staged, "billing_period=2025-11/f.parquet")
+            .unwrap();
+        assert_eq!(
+            lake.list("billing_period=").unwrap(),
+            vec![("billing_period=2025-11/f.parquet".to_string(), 4)]
+        );
+        let staging = lake.staging().to_path_buf();
+        drop(lake);
+        assert!(!staging.exists());
+        assert_eq!(store.list("").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_lock_holder_clears_other_runs_staging_and_keeps_its_own() {
+        let (dir, lake) = lake();
+        let base = staging_base(&dir);
+        let dead = base.join("dead-run");
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("part-0.parquet.tmp"), b"x").unwrap();
+        std::fs::write(base.join("old.1.2.parquet.tmp"), b"x").unwrap();
+        lake.fence.hold(Instant::now(), Duration::from_secs(60));
+        lake.prepare_staging().unwrap();
+        let left: Vec<_> = std::fs::read_dir(&base)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, vec![lake.run_id.clone()]);
         lake.release_staging();
-        assert_eq!(std::fs::read_dir(&lake.staging_base).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0);
     }
 
     #[test]
