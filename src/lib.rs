@@ -19,6 +19,7 @@ mod fault;
 pub mod generate;
 pub mod ingest;
 pub mod job;
+pub mod partition;
 pub mod state;
 pub mod store;
 pub mod totals;

@@ -12,7 +12,7 @@
 //!
 //! The lake is listed with [`Lake::list`]; every `billing_period=*/billing_account_id=*/*.parquet`
 //! file counts (`_billpipe/` and `_quarantine/` do not), with the partition values read from the
-//! path and Hive-unescaped (see [`crate::ingest::write::hive_escape`]). Only the needed columns are read.
+//! path and Hive-unescaped (see [`crate::partition::hive_escape`]). Only the needed columns are read.
 //! Money is summed as `i128` at the file's decimal scale — exactly, never as floating point — and a
 //! null is counted as a null, never as 0: a column that is null in every row has no sum at all.
 
@@ -31,6 +31,7 @@ use parquet::file::reader::ChunkReader;
 use serde::Serialize;
 
 use crate::ingest::decode::format_decimal;
+use crate::partition::partition_of;
 use crate::state::classify::{Pipeline, SnapshotRank};
 use crate::state::ledger::{Ledger, LedgerEntry, LEDGER_PATH};
 use crate::store::lake;
@@ -40,8 +41,6 @@ use crate::{Error, Result};
 const BILLED: &str = "BilledCost";
 const EFFECTIVE: &str = "EffectiveCost";
 const CURRENCY: &str = "BillingCurrency";
-const PERIOD_DIR: &str = "billing_period=";
-const ACCOUNT_DIR: &str = "billing_account_id=";
 /// What a file no ledger entry lists is shown as.
 pub const NOT_IN_LEDGER: &str = "not in ledger";
 
@@ -416,52 +415,6 @@ fn overflow(path: &str) -> Error {
         path: path.to_string(),
         message: "a sum does not fit in 38 decimal digits".into(),
     }
-}
-
-/// `(billing_period, billing_account_id)` of `billing_period=P/billing_account_id=A/F.parquet`,
-/// unescaped; `None` for any other path (`_billpipe/…`, `_quarantine/…`, staging leftovers).
-pub fn partition_of(rel: &str) -> Result<Option<(String, String)>> {
-    let mut parts = rel.split('/');
-    let (Some(p), Some(a), Some(file), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Ok(None);
-    };
-    let (Some(period), Some(account)) = (p.strip_prefix(PERIOD_DIR), a.strip_prefix(ACCOUNT_DIR))
-    else {
-        return Ok(None);
-    };
-    if !file.ends_with(".parquet") {
-        return Ok(None);
-    }
-    Ok(Some((
-        hive_unescape(period, rel)?,
-        hive_unescape(account, rel)?,
-    )))
-}
-
-/// Undoes [`crate::ingest::write::hive_escape`]: `%XX` is the byte XX. As in Hive, a `%` not followed by
-/// two hex digits stands for itself.
-pub fn hive_unescape(value: &str, rel: &str) -> Result<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| Error::Lake {
-        path: rel.to_string(),
-        message: format!("partition value {value:?} does not unescape to UTF-8"),
-    })
 }
 
 /// `data_lag_days` of every family of the pipeline, to turn a month-to-date file's delivery date
@@ -1073,44 +1026,6 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::write::hive_escape;
-
-    #[test]
-    fn unescapes_what_write_escapes() {
-        for v in [
-            "200020002001",
-            "a/b c",
-            "..",
-            ".",
-            "acct-1.x_y",
-            "账户 1",
-            "50%",
-        ] {
-            assert_eq!(hive_unescape(&hive_escape(v), "x").ok().as_deref(), Some(v));
-        }
-        // A `%` without two hex digits stands for itself, as in Hive.
-        assert_eq!(hive_unescape("5%", "x").ok().as_deref(), Some("5%"));
-        assert_eq!(hive_unescape("%zz%4", "x").ok().as_deref(), Some("%zz%4"));
-        assert!(hive_unescape("%FF", "x").is_err());
-    }
-
-    #[test]
-    fn partition_paths() {
-        let p = partition_of("billing_period=2025-11/billing_account_id=a%2Fb/t-a-202511.parquet");
-        assert_eq!(
-            p.ok().flatten(),
-            Some(("2025-11".to_string(), "a/b".to_string()))
-        );
-        for other in [
-            "_billpipe/ledger.json",
-            "_quarantine/t.csv",
-            "billing_period=2025-11/billing_account_id=1/x.tmp",
-            "billing_period=2025-11/x.parquet",
-            "billing_period=2025-11/billing_account_id=1/deeper/x.parquet",
-        ] {
-            assert_eq!(partition_of(other).ok().flatten(), None, "{other}");
-        }
-    }
 
     #[test]
     fn sums_are_exact_and_null_aware() {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{Array, Decimal128Array, StringArray};
 use billpipe::generate::{write_detail_csv, GenerateOptions};
-use billpipe::ingest::write::{partition_value, CAPPED_MARK, MAX_PARTITION_VALUE_BYTES};
+use billpipe::partition::{partition_value, CAPPED_MARK, MAX_PARTITION_VALUE_BYTES};
 use common::*;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rust_decimal::Decimal;
@@ -577,7 +577,7 @@ fn s3_lake_a_second_run_and_a_reset_during_a_load_exit_4_and_kills_leave_no_temp
     let location = billpipe::store::s3::S3Location::parse(&dest).unwrap();
     let prefix = format!(
         "billpipe-staging-{:016x}-",
-        billpipe::ingest::write::stable_hash(location.uri().as_bytes()) as u64
+        billpipe::partition::stable_hash(location.uri().as_bytes()) as u64
     );
     let temp = std::env::temp_dir();
     let ours = |suffix: &str| -> Vec<PathBuf> {

@@ -4,12 +4,15 @@
 
 use crate::fault;
 use crate::ingest::decode::format_decimal;
+use crate::job::context::{lock_ledger, Context};
 use crate::job::load::Staged;
 use crate::job::report::{ObjectReport, Reconciliation};
-use crate::job::run::{lock_ledger, Context, QUARANTINE_DIR};
 use crate::state::classify::BillFile;
 use crate::state::ledger::{LedgerEntry, OutputFile};
 use crate::{Error, Result};
+
+/// Where each unit's quarantine file goes (`_quarantine/<unit>.csv`).
+pub const QUARANTINE_DIR: &str = "_quarantine";
 
 /// Reading an object into staging concerns that object alone: whatever fails there (a staged
 /// file that cannot be written, a Parquet or Arrow error, a mapping that does not fit) rejects

@@ -20,33 +20,12 @@ use crate::ingest::decode::{
 };
 use crate::ingest::pipeline::{self, Reading, SchemaChoice, Sink};
 use crate::ingest::write::{PartitionedWriter, WrittenPart};
-use crate::job::commit::{commit, object_failure};
-use crate::job::report::{ObjectReport, StageSeconds};
-use crate::job::run::{lock_ledger, Context, RunOptions};
+use crate::job::context::{lock_ledger, Context, RunOptions};
+use crate::job::report::StageSeconds;
 use crate::state::classify::{Accounts, BillFile, Pipeline};
 use crate::{Error, Result};
 
 const PROBLEMS_IN_REPORT: usize = 5;
-
-/// How the pipeline's files are read: its CSV options as decoder options.
-pub(crate) fn decode_options(pipeline: &Pipeline, batch_rows: usize) -> Result<DecodeOptions> {
-    let delimiter =
-        *pipeline.csv.delimiter.as_bytes().first().ok_or_else(|| {
-            Error::Config(format!("{}: [csv] delimiter is empty", pipeline.origin))
-        })?;
-    Ok(DecodeOptions {
-        delimiter,
-        null_values: pipeline
-            .csv
-            .null_values
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect(),
-        naive_offset_secs: parse_offset(&pipeline.csv.naive_time_offset)?,
-        batch_rows: batch_rows.max(1),
-        max_record_bytes: pipeline.csv.max_record_bytes,
-    })
-}
 
 /// How one bill file is read: the pipeline's schema, its family's mapping with the bill month,
 /// and date-times without a zone read in the mapping's time zone.
@@ -82,43 +61,10 @@ pub(crate) fn bill_reading<'a>(
     })
 }
 
-/// Loads one object, starting over when its download breaks off mid-way.
-pub(crate) fn load_with_retries(
-    ctx: &Context,
-    bill: &BillFile,
-    opts: &RunOptions,
-    entry: &mut ObjectReport,
-) -> Result<()> {
-    let attempts = opts.fetch_attempts.max(1);
-    let mut attempt = 1;
-    loop {
-        match load_snapshot(ctx, bill, opts, entry) {
-            Err(Error::Fetch(why)) if attempt < attempts => {
-                // Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... plus up to 50 %.
-                let base = 500u64 << (attempt - 1).min(6);
-                let jitter = (std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos() as u64)
-                    .unwrap_or(0))
-                    % (base / 2 + 1);
-                tracing::warn!(key = %bill.object.key, attempt, "download broke off ({why}); retrying in {} ms", base + jitter);
-                std::thread::sleep(std::time::Duration::from_millis(base + jitter));
-                attempt += 1;
-            }
-            Err(Error::Fetch(why)) => {
-                return Err(Error::Rejected(format!(
-                    "reading the object failed {attempts} times, last: {why}"
-                )))
-            }
-            other => return other,
-        }
-    }
-}
-
 /// What reading one file produced, before anything is published.
 impl Staged {
     /// Removes the staged files of a snapshot that will not be published.
-    fn discard(self) {
+    pub(crate) fn discard(self) {
         for p in &self.parts {
             let _ = std::fs::remove_file(&p.staged);
         }
@@ -141,28 +87,6 @@ pub(crate) struct Staged {
     pub(crate) stages: StageSeconds,
 }
 
-fn load_snapshot(
-    ctx: &Context,
-    bill: &BillFile,
-    opts: &RunOptions,
-    entry: &mut ObjectReport,
-) -> Result<()> {
-    let staged = read_snapshot(ctx, bill, opts).map_err(|e| object_failure(ctx, e))?;
-    entry.bytes_read = staged.bytes_read;
-    entry.notes = staged.notes.clone();
-    entry.problems = staged.problems.clone();
-    entry.stages = staged.stages.clone();
-    entry.rules = staged.rules.clone();
-    if let Err(e) = check_shrink(ctx, bill, &staged, opts) {
-        staged.discard();
-        return Err(e);
-    }
-    let t = Instant::now();
-    commit(ctx, bill, staged, entry)?;
-    entry.stages.commit = t.elapsed().as_secs_f64();
-    Ok(())
-}
-
 /// How much smaller than the snapshot it replaces a snapshot of the same family may be.
 /// Month-to-date files only grow, a final holds every day of its dailies, and a restated bill
 /// changes amounts, not the number of charges: a file with under half the rows of the one it
@@ -171,7 +95,12 @@ fn load_snapshot(
 /// daily and a native monthly — count rows differently and are not compared.) `state reset` for the unit, or `--force`, accepts such a file on purpose.
 const SHRINK_LIMIT: (u64, u64) = (1, 2);
 
-fn check_shrink(ctx: &Context, bill: &BillFile, staged: &Staged, opts: &RunOptions) -> Result<()> {
+pub(crate) fn check_shrink(
+    ctx: &Context,
+    bill: &BillFile,
+    staged: &Staged,
+    opts: &RunOptions,
+) -> Result<()> {
     let previous = lock_ledger(&ctx.ledger)?.get(&bill.unit).cloned();
     let Some(prev) = previous else { return Ok(()) };
     let format_of = |family: &str| {
@@ -265,7 +194,7 @@ impl Sink for LakeSink<'_> {
 }
 
 /// Runs the object pipeline for every object of the snapshot into staging.
-fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<Staged> {
+pub(crate) fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -> Result<Staged> {
     let stem = bill.unit.file_stem();
     let part = &ctx.pipeline.partition;
     let check = CheckContext {

@@ -2,7 +2,8 @@
 //! `load`, publish it with `commit`), `validate`'s verdicts (`verdict`), the ledger read and
 //! reset (`state`), and what a run tells its operator (`report`).
 
-mod commit;
+pub mod commit;
+pub(crate) mod context;
 mod load;
 pub mod report;
 pub mod run;

@@ -25,128 +25,23 @@
 //! ledger write, a lost lock (the lake refuses writes then), or a failure after a previous file
 //! of the unit was already replaced — the crash case above.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::conformance::rules::{Profile, RuleCounts};
-use crate::ingest::decode::{parse_offset, DecodeOptions};
-use crate::ingest::unpack;
-use crate::ingest::write::WriteOptions;
-use crate::job::load::{decode_options, load_with_retries};
+use crate::conformance::rules::RuleCounts;
+use crate::job::commit::{commit, object_failure};
+pub use crate::job::context::RunOptions;
+use crate::job::context::{lock_ledger, open, Context};
+use crate::job::load::{check_shrink, read_snapshot};
 use crate::job::report::{LakeGap, ObjectReport, Outcome, RunReport, StageSeconds, Totals};
-use crate::state::classify::Pipeline;
+use crate::state::classify::BillFile;
 use crate::state::ledger::Ledger;
-use crate::state::lock::{self, LockOptions};
-use crate::state::plan::{self, Action, PlanOptions, PlannedObject};
-use crate::store::lake::{self, Lake};
-use crate::store::s3::{S3Context, S3Options};
-use crate::store::source::{self, ObjectInfo, Source};
+use crate::state::lock;
+use crate::state::plan::{self, Action, PlannedObject};
 use crate::{Error, Result};
 
-pub const QUARANTINE_DIR: &str = "_quarantine";
-
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub source: String,
-    pub dest: String,
-    pub pipeline: Option<PathBuf>,
-    pub s3: S3Options,
-    pub write: WriteOptions,
-    pub batch_rows: usize,
-    pub plan: PlanOptions,
-    /// Objects loaded at the same time (each has its own bounded pipeline).
-    pub jobs: usize,
-    pub lock: LockOptions,
-    /// Attempts at reading one object when its download breaks off (connection reset,
-    /// truncated body); requests that fail outright are retried by the S3 client itself.
-    pub fetch_attempts: u32,
-    /// Decompression bounds (zip-bomb guards).
-    pub limits: unpack::Limits,
-    /// Conformance profile instead of the pipeline's (`strict`, `tencent`, ...).
-    pub profile: Option<String>,
-    /// Gatekeeping (`--quarantine-on error`): rows with error findings are held out.
-    pub quarantine_on_error: bool,
-}
-
-impl RunOptions {
-    pub fn new(source: impl Into<String>, dest: impl Into<String>) -> RunOptions {
-        RunOptions {
-            source: source.into(),
-            dest: dest.into(),
-            pipeline: None,
-            s3: S3Options::default(),
-            write: WriteOptions::default(),
-            batch_rows: DecodeOptions::default().batch_rows,
-            plan: PlanOptions::default(),
-            jobs: 1,
-            lock: LockOptions::default(),
-            fetch_attempts: 4,
-            limits: unpack::Limits::default(),
-            profile: None,
-            quarantine_on_error: false,
-        }
-    }
-}
-
-pub(crate) struct Context {
-    pub(crate) pipeline: Pipeline,
-    pub(crate) profile: Profile,
-    pub(crate) source: Arc<Source>,
-    /// The source's listing, taken before the lake is touched: a missing bucket, bad
-    /// credentials or an unreachable endpoint fail the run before anything is written.
-    pub(crate) listing: Vec<ObjectInfo>,
-    pub(crate) lake: Arc<Lake>,
-    /// Shared by the jobs; held only to read an entry or to record and save one.
-    pub(crate) ledger: Mutex<Ledger>,
-    pub(crate) decode: DecodeOptions,
-    pub(crate) period_offset_secs: i64,
-    /// Every FOCUS column of any known version (see `validate::CheckContext`).
-    pub(crate) column_versions: Arc<std::collections::HashMap<String, String>>,
-}
-
-fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
-    let pipeline = Pipeline::load(opts.pipeline.as_deref())?;
-    // One S3 client for source and destination, made only if either needs it.
-    let shared: Mutex<Option<S3Context>> = Mutex::new(None);
-    let s3 = || -> Result<S3Context> {
-        let mut guard = shared
-            .lock()
-            .map_err(|_| Error::Config("S3 client lock poisoned".into()))?;
-        if let Some(ctx) = guard.as_ref() {
-            return Ok(ctx.clone());
-        }
-        let ctx = S3Context::connect(&opts.s3)?;
-        *guard = Some(ctx.clone());
-        Ok(ctx)
-    };
-    let source: Arc<Source> = Arc::from(source::open(&opts.source, s3)?);
-    let listing = source.list()?;
-    let lake: Arc<Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
-    let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
-    let decode = decode_options(&pipeline, opts.batch_rows)?;
-    let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
-    let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);
-    let mut profile = Profile::load(profile_name, pipeline.schema_dir.as_deref())?;
-    if opts.quarantine_on_error {
-        profile.quarantine_on = Some(crate::conformance::rules::QuarantineOn::Error);
-    }
-    let column_versions = Arc::new(crate::conformance::schema::column_versions(
-        &crate::conformance::schema::focus_versions(pipeline.schema_dir.as_deref())?,
-    ));
-    Ok(Context {
-        column_versions,
-        profile,
-        pipeline,
-        source,
-        listing,
-        lake,
-        ledger,
-        decode,
-        period_offset_secs,
-    })
-}
+pub use crate::job::commit::QUARANTINE_DIR;
 
 /// The report of a run that failed before it started (configuration, listing, lock): no
 /// objects, the error.
@@ -222,12 +117,6 @@ pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
     report.seconds = start.elapsed().as_secs_f64();
     report.compute_totals();
     Ok(report)
-}
-
-pub(crate) fn lock_ledger(ledger: &Mutex<Ledger>) -> Result<std::sync::MutexGuard<'_, Ledger>> {
-    ledger
-        .lock()
-        .map_err(|_| Error::Config("ledger lock poisoned by a panicked job".into()))
 }
 
 /// `billpipe run`. Errors that stop the run are returned in `report.error`, with the objects
@@ -396,4 +285,59 @@ pub fn run_with_progress(
     report.seconds = start.elapsed().as_secs_f64();
     report.compute_totals();
     Ok(report)
+}
+
+/// Loads one object, starting over when its download breaks off mid-way.
+fn load_with_retries(
+    ctx: &Context,
+    bill: &BillFile,
+    opts: &RunOptions,
+    entry: &mut ObjectReport,
+) -> Result<()> {
+    let attempts = opts.fetch_attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        match load_snapshot(ctx, bill, opts, entry) {
+            Err(Error::Fetch(why)) if attempt < attempts => {
+                // Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... plus up to 50 %.
+                let base = 500u64 << (attempt - 1).min(6);
+                let jitter = (std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos() as u64)
+                    .unwrap_or(0))
+                    % (base / 2 + 1);
+                tracing::warn!(key = %bill.object.key, attempt, "download broke off ({why}); retrying in {} ms", base + jitter);
+                std::thread::sleep(std::time::Duration::from_millis(base + jitter));
+                attempt += 1;
+            }
+            Err(Error::Fetch(why)) => {
+                return Err(Error::Rejected(format!(
+                    "reading the object failed {attempts} times, last: {why}"
+                )))
+            }
+            other => return other,
+        }
+    }
+}
+
+fn load_snapshot(
+    ctx: &Context,
+    bill: &BillFile,
+    opts: &RunOptions,
+    entry: &mut ObjectReport,
+) -> Result<()> {
+    let staged = read_snapshot(ctx, bill, opts).map_err(|e| object_failure(ctx, e))?;
+    entry.bytes_read = staged.bytes_read;
+    entry.notes = staged.notes.clone();
+    entry.problems = staged.problems.clone();
+    entry.stages = staged.stages.clone();
+    entry.rules = staged.rules.clone();
+    if let Err(e) = check_shrink(ctx, bill, &staged, opts) {
+        staged.discard();
+        return Err(e);
+    }
+    let t = Instant::now();
+    commit(ctx, bill, staged, entry)?;
+    entry.stages.commit = t.elapsed().as_secs_f64();
+    Ok(())
 }

@@ -17,7 +17,8 @@ use crate::conformance::schema::{self, FeatureLevel, Schema};
 use crate::conformance::validate::{CheckContext, CheckMode};
 use crate::ingest::decode::{Layout, RowProblem};
 use crate::ingest::pipeline::{self, Reading, SchemaChoice, Sink};
-use crate::job::load::{bill_reading, decode_options};
+use crate::job::context::decode_options;
+use crate::job::load::bill_reading;
 use crate::state::classify::{Classification, Pipeline};
 use crate::store::s3::{S3Context, S3Location, S3Options};
 use crate::store::source::{ObjectInfo, Source};
@@ -178,10 +179,7 @@ fn open_one(uri: &str, s3: &S3Options) -> Result<(Arc<Source>, ObjectInfo)> {
             etag: String::new(),
             last_modified: None,
         };
-        return Ok((
-            Arc::new(Source::s3(root, S3Context::connect(s3)?)),
-            object,
-        ));
+        return Ok((Arc::new(Source::s3(root, S3Context::connect(s3)?)), object));
     }
     let path = Path::new(uri);
     let size = std::fs::metadata(path)

@@ -40,7 +40,8 @@ use serde::{Deserialize, Serialize};
 use crate::store::lake::Lake;
 use crate::{Error, Result};
 
-pub const LOCK_PATH: &str = "_billpipe/lock.json";
+/// The lock object (kept with the lake, whose fence lets only it be written without the lock).
+pub use crate::store::lake::LOCK_PATH;
 /// The longest time between two heartbeats (shorter for short stale timeouts).
 const HEARTBEAT_MAX: Duration = Duration::from_secs(15);
 /// The longest a suspect lock is watched for a heartbeat before it is taken over.

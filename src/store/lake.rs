@@ -35,12 +35,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::local::{LocalStore, TMP_SUFFIX};
 use super::s3::{S3Context, S3Location, S3Store};
 use super::Store;
-use crate::state::lock::LOCK_PATH;
 use crate::{Error, Result};
 
 /// The longest path segment most file systems accept (ext4, xfs, apfs, ntfs: 255 bytes).
 pub const MAX_SEGMENT_BYTES: usize = 255;
 /// The longest S3 object key.
+/// The lake's lock object (see `state::lock`): the one path written without holding the lock,
+/// by the lock protocol itself.
+pub const LOCK_PATH: &str = "_billpipe/lock.json";
 const MAX_S3_KEY_BYTES: usize = 1024;
 /// Name prefix of S3 lakes' staging folders in the temp dir.
 const S3_STAGING_PREFIX: &str = "billpipe-staging-";
@@ -115,7 +117,7 @@ impl Lake {
         let run_id = new_run_id();
         // Runs of other lakes on this machine stage beside ours: only this lake's are ours to
         // clear. 64 bits of the URI's hash tell lakes apart.
-        let lake = crate::ingest::write::stable_hash(store.uri().as_bytes()) as u64;
+        let lake = crate::partition::stable_hash(store.uri().as_bytes()) as u64;
         let prefix = format!("{S3_STAGING_PREFIX}{lake:016x}-");
         Lake {
             staging: std::env::temp_dir().join(format!("{prefix}{run_id}")),
