@@ -2,15 +2,23 @@
 //! Hive-partitioned Parquet lake, treating every bill file as a *snapshot* of one
 //! (account, billing month) so that totals are never double-counted.
 //!
-//! The crate is organised as the stages of one pipeline, each in its own module:
+//! The map, one folder per role (each module's first lines say what it owns):
 //!
 //! ```text
-//! source ─▶ classify ─▶ plan ─▶ fetch ─▶ decode ─▶ validate ─▶ write ─▶ ledger (commit)
+//! store/        one Store trait (local folder, S3/COS, memory); Source and Lake are a store + prefix
+//!   │ list
+//! state/        classify keys into bill files → plan which snapshot each unit shows (ledger) → lock
+//!   │ per snapshot: its objects
+//! ingest/       the object pipeline: fetch → unpack → decode (CSV → typed Arrow) ─┐
+//! conformance/  … → check (schema, mapping, rules, profiles: data in schemas/) ←──┘ → Sink
+//!   │ Sink = lake sink (job::load: Parquet writer + quarantine) or verdict sink (job::verdict)
+//! job/          run (plan, lock, load, commit, ledger), validate, state; the run report
+//! totals/       sums the lake as its readers see it
+//! values, config, partition, error: leaves (decimals, months, time; config files; Hive paths)
+//! generate/     realistic test and benchmark input
 //! ```
 //!
-//! `lake` is where output goes (local folder or S3), `report` what a run tells its operator,
-//! `run` wires the stages together, `totals` sums the lake as its readers see it, and `generate`
-//! makes realistic test and benchmark input.
+//! The binary (`src/main.rs`, `src/cli/`) only parses the command line and prints.
 
 pub mod config;
 pub mod conformance;
