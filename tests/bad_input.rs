@@ -47,6 +47,21 @@ fn every_broken_object_is_rejected_with_its_line_and_the_rest_loads() {
             reason.contains(message),
             "{account}: {reason:?} lacks {message:?}"
         );
+        // The report's JSON carries the same as fields: object, line, column, reason.
+        let r = &o["rejection"];
+        assert_eq!(r["object"], o["key"], "{o}");
+        let line: u64 = message[5..]
+            .split([':', ','])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(r["line"], line, "{o}");
+        if let Some(column) = message.split(", column ").nth(1) {
+            assert_eq!(r["column"], column.split(':').next().unwrap(), "{o}");
+        }
+        let why = r["reason"].as_str().unwrap();
+        assert!(!why.starts_with("line ") && reason.ends_with(why), "{o}");
         assert!(out
             .stdout
             .contains(&format!("REJECT  {}", o["key"].as_str().unwrap())));

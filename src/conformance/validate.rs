@@ -35,6 +35,7 @@ use crate::conformance::rules::{
     self, CompiledRule, FileContext, FileState, Level, Profile, RuleCounts, Severity,
 };
 use crate::conformance::schema::{FeatureLevel, Schema};
+use crate::error::Rejection;
 use crate::ingest::decode::{Finding, FindingKind, Layout, RowProblem, SOURCE_LINE_COLUMN};
 use crate::{Error, Result};
 
@@ -133,7 +134,9 @@ impl Validator {
             match profile.severity_of(id, Severity::Error) {
                 Severity::Off => {}
                 Severity::Quarantine if ctx.mode == CheckMode::Load => {
-                    return Err(Error::Rejected(format!("line 1: [{id}] {message}")))
+                    return Err(Error::from(
+                        Rejection::new(format!("[{id}] {message}")).line(1),
+                    ))
                 }
                 severity => {
                     rules::tally(&mut notes.rules, id, severity, &message, 1, [example]);
@@ -209,7 +212,7 @@ impl Validator {
         let mut req = Vec::new();
         for name in required {
             let idx = layout.index_of(name).ok_or_else(|| {
-                Error::Rejected(format!("line 1: header lacks required column {name}"))
+                Error::from(Rejection::new(format!("header lacks required column {name}")).line(1))
             })?;
             req.push((idx, name.to_string()));
         }
@@ -219,13 +222,16 @@ impl Validator {
         };
         let money = present(layout, MONEY_COLUMN);
         if ctx.mode == CheckMode::Load && money.is_none() {
-            return Err(Error::Rejected(format!(
-                "line 1: header lacks {MONEY_COLUMN}; without it no row can be counted"
-            )));
+            return Err(Error::from(
+                Rejection::new(format!(
+                    "header lacks {MONEY_COLUMN}; without it no row can be counted"
+                ))
+                .line(1),
+            ));
         }
         let line_column = layout
             .index_of(SOURCE_LINE_COLUMN)
-            .ok_or_else(|| Error::Rejected("layout has no line column".into()))?;
+            .ok_or_else(|| Error::rejected("layout has no line column"))?;
         Ok((
             Validator {
                 money,
@@ -453,14 +459,14 @@ impl Validator {
                 continue;
             }
             if rule.level == Level::File {
-                let message = format!(
-                    "line {}, column {}: [{}] {}: {}",
-                    first.0, rule.column, rule.id, rule.message, first.1
-                );
+                let rejection =
+                    Rejection::new(format!("[{}] {}: {}", rule.id, rule.message, first.1))
+                        .line(first.0)
+                        .column(rule.column.clone());
                 if load {
-                    return Err(Error::Rejected(message));
+                    return Err(rejection.into());
                 }
-                self.first_file_error.get_or_insert(message);
+                self.first_file_error.get_or_insert(rejection.to_string());
                 continue;
             }
             let hold = hold.get_or_insert_with(|| vec![false; batch.num_rows()]);
@@ -484,7 +490,7 @@ impl Validator {
                 .filter(|&r| keep(r) && m.is_valid(r))
                 .try_fold(0i128, |acc, r| acc.checked_add(m.value(r)))
                 .ok_or_else(|| {
-                    Error::Rejected(format!(
+                    Error::rejected(format!(
                         "the BilledCost of lines {}..{} adds up beyond what a Decimal128(38) can hold",
                         line_of(0),
                         line_of(m.len().saturating_sub(1))
@@ -493,8 +499,8 @@ impl Validator {
         };
         let add = |total: &mut i128, v: i128| -> Result<()> {
             *total = total.checked_add(v).ok_or_else(|| {
-                Error::Rejected(
-                    "the file's BilledCost adds up beyond what a Decimal128(38) can hold".into(),
+                Error::rejected(
+                    "the file's BilledCost adds up beyond what a Decimal128(38) can hold",
                 )
             })?;
             Ok(())

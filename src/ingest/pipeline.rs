@@ -25,6 +25,7 @@ use arrow_schema::SchemaRef;
 use crate::conformance::rules::{self, Profile, RuleCounts, Severity};
 use crate::conformance::schema::{self, Schema};
 use crate::conformance::validate::{CheckContext, CheckMode, RowTally, Validator};
+use crate::error::Rejection;
 use crate::fault;
 use crate::ingest::decode::{CsvDecoder, DecodeOptions, Layout, MappedInput, RowProblem};
 use crate::ingest::{fetch, unpack};
@@ -142,7 +143,7 @@ pub fn read(
             unpack::for_each_member(reader, key, &reading.limits, &reading.spill, &mut member);
         let fetched = fetcher
             .join()
-            .map_err(|_| Error::Rejected("the fetch thread panicked".into()))
+            .map_err(|_| Error::Internal("the fetch thread panicked".into()))
             .and_then(|r| r);
         match (fetched, unpacked) {
             (Err(e), _) => {
@@ -194,7 +195,7 @@ fn read_member(
     let layout = decoder.layout().clone();
     let validator = match checking {
         Some((first, _)) if *first != layout.schema => {
-            return Err(Error::Rejected(format!(
+            return Err(Error::rejected(format!(
                 "{}: its columns differ from the first CSV member's",
                 name.rsplit('#').next().unwrap_or(name)
             )))
@@ -278,7 +279,7 @@ fn first_line(input: &mut dyn Read) -> Result<Vec<u8>> {
     while first.len() < (1 << 20) {
         let n = input
             .read(&mut byte)
-            .map_err(|e| Error::Rejected(format!("line 1: {e}")))?;
+            .map_err(|e| Error::from(Rejection::new(format!("{e}")).line(1)))?;
         if n == 0 {
             break;
         }
@@ -311,9 +312,7 @@ fn header_fields(line: &[u8], delimiter: u8) -> Vec<String> {
 /// key, which the report already shows).
 fn member_error(name: &str, key: &str, e: Error) -> Error {
     match e {
-        Error::Rejected(why) if name != key && !why.starts_with(member_of(name)) => {
-            Error::Rejected(format!("{}: {why}", member_of(name)))
-        }
+        Error::Rejected(why) if name != key => Error::Rejected(why.member(member_of(name))),
         other => other,
     }
 }
@@ -326,8 +325,8 @@ fn member_of(name: &str) -> &str {
 /// object (the S3 client has already retried requests that failed outright).
 fn fetch_failure(e: Error) -> Error {
     match e {
-        Error::Fetch(why) => Error::Fetch(why),
-        other => Error::Rejected(format!("reading the object failed: {other}")),
+        e @ Error::Fetch { .. } => e,
+        other => Error::rejected(format!("reading the object failed: {other}")),
     }
 }
 
@@ -336,7 +335,7 @@ mod tests {
     use super::*;
 
     fn rejected(why: &str) -> Option<Error> {
-        Some(Error::Rejected(why.into()))
+        Some(Error::rejected(why))
     }
 
     fn explained(f: Failure) -> String {
@@ -346,11 +345,11 @@ mod tests {
     #[test]
     fn a_broken_download_explains_best() {
         let f = Failure {
-            fetch: Some(Error::Fetch("connection reset".into())),
+            fetch: Some(Error::fetch("s3://b/k", "connection reset")),
             sink: rejected("disk full"),
             read: rejected("line 9: unterminated quote"),
         };
-        assert!(matches!(f.explain(), Some(Error::Fetch(_))));
+        assert!(matches!(f.explain(), Some(Error::Fetch { .. })));
     }
 
     #[test]
@@ -378,12 +377,12 @@ mod tests {
         let e = member_error(
             "bills.zip#a.csv",
             "bills.zip",
-            Error::Rejected("line 2: bad".into()),
+            Error::rejected("line 2: bad"),
         );
         assert_eq!(e.to_string(), "a.csv: line 2: bad");
         let again = member_error("bills.zip#a.csv", "bills.zip", e);
         assert_eq!(again.to_string(), "a.csv: line 2: bad");
-        let plain = member_error("b.csv", "b.csv", Error::Rejected("line 2: bad".into()));
+        let plain = member_error("b.csv", "b.csv", Error::rejected("line 2: bad"));
         assert_eq!(plain.to_string(), "line 2: bad");
     }
 
@@ -398,8 +397,8 @@ mod tests {
     #[test]
     fn fetch_failures_stay_retryable_and_others_are_final() {
         assert!(matches!(
-            fetch_failure(Error::Fetch("reset".into())),
-            Error::Fetch(_)
+            fetch_failure(Error::fetch("s3://b/k", "reset")),
+            Error::Fetch { .. }
         ));
         assert!(matches!(
             fetch_failure(Error::Config("x".into())),

@@ -154,7 +154,7 @@ pub fn for_each_member(
     // Peek at the magic bytes and hand them back in front of the stream (no extra buffer
     // layer: plain CSV, the common case, goes straight to the parser).
     let mut input = input;
-    let prefix = peek(&mut input).map_err(|e| Error::Fetch(format!("{key}: {e}")))?;
+    let prefix = peek(&mut input).map_err(|e| Error::fetch(key, e.to_string()))?;
     let kind = sniff(&prefix);
     let mut input = io::Cursor::new(prefix).chain(input);
     match kind {
@@ -190,12 +190,12 @@ fn decompressed(
         Compression::Zstd => {
             let (counted, consumed) = Counted::new(&mut *input);
             let decoder = zstd::stream::read::Decoder::new(counted)
-                .map_err(|e| Error::Rejected(format!("{name}: not a readable zstd stream: {e}")))?;
+                .map_err(|e| Error::rejected(format!("{name}: not a readable zstd stream: {e}")))?;
             let mut reader = Guarded::new(decoder, name, limits).consumed(consumed);
             each(name, &mut reader)?;
         }
         Compression::Zip => {
-            return Err(Error::Rejected(format!(
+            return Err(Error::rejected(format!(
                 "{name} is itself a zip archive; archives inside archives are not unpacked"
             )))
         }
@@ -208,10 +208,10 @@ fn ensure_drained(input: &mut dyn Read, name: &str) -> Result<()> {
     let mut byte = [0u8; 1];
     match input.read(&mut byte) {
         Ok(0) => Ok(()),
-        Ok(_) => Err(Error::Rejected(format!(
+        Ok(_) => Err(Error::rejected(format!(
             "{name}: reading stopped before the end of the data; nothing of it is loaded"
         ))),
-        Err(e) => Err(Error::Rejected(format!("{name}: {e}"))),
+        Err(e) => Err(Error::rejected(format!("{name}: {e}"))),
     }
 }
 
@@ -272,7 +272,7 @@ fn is_csv_name(raw_name: &str) -> bool {
 /// module docs for why), naming them and saying whether the copies are the same.
 fn refuse_duplicates(spill: &mut std::fs::File, directory_start: u64) -> Result<()> {
     let entries = central_entries(spill, directory_start)
-        .map_err(|e| Error::Rejected(format!("not a readable zip (central directory: {e})")))?;
+        .map_err(|e| Error::rejected(format!("not a readable zip (central directory: {e})")))?;
     let mut by_name: BTreeMap<&[u8], Vec<(usize, &RawEntry)>> = BTreeMap::new();
     for (i, entry) in entries.iter().enumerate() {
         by_name.entry(&entry.name).or_default().push((i + 1, entry));
@@ -303,7 +303,7 @@ fn refuse_duplicates(spill: &mut std::fs::File, directory_start: u64) -> Result<
                 sizes.join(" vs ")
             )
         };
-        return Err(Error::Rejected(format!(
+        return Err(Error::rejected(format!(
             "zip holds {} members named {shown:?} (entries {}); {how}; refusing the whole zip rather than loading one of them silently",
             copies.len(),
             numbers.join(", ")
@@ -322,16 +322,16 @@ fn zip_members(
     std::fs::create_dir_all(spill_dir).map_err(|e| Error::io(spill_dir, e))?;
     let mut spill = tempfile::tempfile_in(spill_dir).map_err(|e| Error::io(spill_dir, e))?;
     let copied = io::copy(&mut (&mut input).take(limits.max_zip_bytes + 1), &mut spill)
-        .map_err(|e| Error::Fetch(format!("{key}: {e}")))?;
+        .map_err(|e| Error::fetch(key, e.to_string()))?;
     if copied > limits.max_zip_bytes {
-        return Err(Error::Rejected(format!(
+        return Err(Error::rejected(format!(
             "zip of more than {} bytes; raise the limit if this is a real bill",
             limits.max_zip_bytes
         )));
     }
     let mut directory = spill.try_clone().map_err(|e| Error::io(spill_dir, e))?;
     let mut archive = zip::ZipArchive::new(spill)
-        .map_err(|e| Error::Rejected(format!("not a readable zip (truncated or corrupt?): {e}")))?;
+        .map_err(|e| Error::rejected(format!("not a readable zip (truncated or corrupt?): {e}")))?;
     if archive.has_duplicate_names() {
         refuse_duplicates(&mut directory, archive.central_directory_start())?;
     }
@@ -344,13 +344,13 @@ fn zip_members(
     for i in 0..archive.len() {
         let member = archive
             .by_index_data(i)
-            .map_err(|e| Error::Rejected(format!("zip member #{}: unreadable: {e}", i + 1)))?;
+            .map_err(|e| Error::rejected(format!("zip member #{}: unreadable: {e}", i + 1)))?;
         let raw_name = member
             .name()
             .map(|n| n.to_string())
-            .map_err(|e| Error::Rejected(format!("zip member #{}: unreadable name: {e}", i + 1)))?;
+            .map_err(|e| Error::rejected(format!("zip member #{}: unreadable name: {e}", i + 1)))?;
         if member.enclosed_name().is_none() || components(&raw_name).any(|c| c == "..") {
-            return Err(Error::Rejected(format!(
+            return Err(Error::rejected(format!(
                 "zip member {raw_name:?} has a path that climbs out of the archive; refusing the whole zip"
             )));
         }
@@ -371,13 +371,13 @@ fn zip_members(
                 Vec::new()
             } else {
                 let mut m = archive.by_index(i).map_err(|e| {
-                    Error::Rejected(format!("zip member {raw_name:?}: unreadable: {e}"))
+                    Error::rejected(format!("zip member {raw_name:?}: unreadable: {e}"))
                 })?;
                 let mut head = Vec::new();
                 (&mut m)
                     .take(4096)
                     .read_to_end(&mut head)
-                    .map_err(|e| Error::Rejected(format!("zip member {raw_name:?}: {e}")))?;
+                    .map_err(|e| Error::rejected(format!("zip member {raw_name:?}: {e}")))?;
                 head
             };
             match member_content(&head) {
@@ -387,7 +387,7 @@ fn zip_members(
                     ));
                 }
                 MemberContent::Archive => {
-                    return Err(Error::Rejected(format!(
+                    return Err(Error::rejected(format!(
                         "zip member {raw_name:?} is itself a zip archive (a nested zip, or an .xlsx): billpipe does not read inside it, and a bill there would be left out; unpack it, or deliver its CSV"
                     )))
                 }
@@ -428,10 +428,10 @@ fn zip_members(
     for ((i, raw_name, _), name) in wanted.iter().zip(&names) {
         let mut member = archive
             .by_index(*i)
-            .map_err(|e| Error::Rejected(format!("zip member {raw_name:?}: unreadable: {e}")))?;
+            .map_err(|e| Error::rejected(format!("zip member {raw_name:?}: unreadable: {e}")))?;
         let (size, packed) = (member.size(), member.compressed_size().max(1));
         if size > limits.max_bytes || size / packed > limits.max_ratio {
-            return Err(Error::Rejected(format!(
+            return Err(Error::rejected(format!(
                 "zip member {raw_name:?} would expand {} bytes to {size} ({}x; limits {} bytes, {}x): refusing a possible zip bomb",
                 packed,
                 size / packed,
@@ -446,7 +446,7 @@ fn zip_members(
         };
         let mut checked = Guarded::new(&mut member, name, &member_limits).declared(packed);
         // The member's own first bytes decide, as an object's do.
-        let prefix = peek(&mut checked).map_err(|e| Error::Rejected(e.to_string()))?;
+        let prefix = peek(&mut checked).map_err(|e| Error::rejected(e.to_string()))?;
         let kind = sniff(&prefix);
         let mut content = io::Cursor::new(prefix).chain(&mut checked);
         decompressed(kind, &mut content, name, limits, each)?;
@@ -459,7 +459,7 @@ fn zip_members(
         csv_members += 1;
     }
     if csv_members == 0 {
-        return Err(Error::Rejected("zip holds no CSV member".into()));
+        return Err(Error::rejected("zip holds no CSV member"));
     }
     notes.push(format!("zip with {csv_members} CSV member(s)"));
     Ok(notes)
@@ -717,7 +717,7 @@ mod tests {
             spill.path(),
             &mut |_, r| {
                 r.read_to_end(&mut out)
-                    .map_err(|e| Error::Rejected(e.to_string()))?;
+                    .map_err(|e| Error::rejected(e.to_string()))?;
                 Ok(())
             },
         )?;

@@ -190,14 +190,14 @@ impl PartitionedWriter {
     fn write_part(&mut self, key: PartitionKey, batch: &RecordBatch) -> Result<()> {
         if !self.parts.contains_key(&key) {
             if self.parts.len() >= self.options.max_partitions {
-                return Err(Error::Rejected(format!(
+                return Err(Error::rejected(format!(
                     "rows spread over more than {} partitions",
                     self.options.max_partitions
                 )));
             }
             let dir = key.dir();
             if let Some(other) = self.parts.keys().find(|k| k.dir() == dir) {
-                return Err(Error::Rejected(format!(
+                return Err(Error::rejected(format!(
                     "partition values {:?} and {:?} would share the folder {dir}",
                     other.account, key.account
                 )));
@@ -241,7 +241,7 @@ impl PartitionedWriter {
         part.billed_cost = part
             .billed_cost
             .checked_add(cost)
-            .ok_or_else(|| Error::Rejected("BilledCost sum overflows".into()))?;
+            .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
         Ok(())
     }
 
@@ -279,7 +279,7 @@ fn sum_decimal(col: Option<&Decimal128Array>) -> Result<i128> {
     for v in col.iter().flatten() {
         sum = sum
             .checked_add(v)
-            .ok_or_else(|| Error::Rejected("BilledCost sum overflows".into()))?;
+            .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
     }
     Ok(sum)
 }

@@ -23,8 +23,8 @@ pub(crate) fn object_failure(ctx: &Context, e: Error) -> Error {
         return lost;
     }
     match e {
-        Error::Rejected(_) | Error::Fetch(_) | Error::Locked(_) => e,
-        other => Error::Rejected(other.to_string()),
+        Error::Rejected(_) | Error::Fetch { .. } | Error::Locked(_) => e,
+        other => Error::rejected(other.to_string()),
     }
 }
 
@@ -56,7 +56,7 @@ fn unpublish(
         restored &= ctx.lake.delete(&o.path).is_ok();
     }
     if restored && !done.iter().any(|o| was_there(&o.path)) {
-        Error::Rejected(format!("publishing it failed, the lake is unchanged: {e}"))
+        Error::rejected(format!("publishing it failed, the lake is unchanged: {e}"))
     } else {
         e
     }
@@ -77,7 +77,7 @@ fn no_other_unit_there(ctx: &Context, staged: &Staged, stem: &str) -> Result<()>
             .map(|(path, _)| path)
             .find(|path| path.ends_with(".parquet") && !path.ends_with(&format!("/{own}")));
         if let Some(other) = other {
-            return Err(Error::Rejected(format!(
+            return Err(Error::rejected(format!(
                 "partition {dir} already holds {other}, a snapshot of another unit for the same account and month (a reseller's consolidated bill and the customer's own bill in one lake?); publishing {own} beside it would count that money twice — load such bills into separate lakes"
             )));
         }

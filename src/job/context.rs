@@ -84,7 +84,7 @@ pub(crate) fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     let s3 = || -> Result<S3Context> {
         let mut guard = shared
             .lock()
-            .map_err(|_| Error::Config("S3 client lock poisoned".into()))?;
+            .map_err(|_| Error::Internal("the S3 client lock is poisoned".into()))?;
         if let Some(ctx) = guard.as_ref() {
             return Ok(ctx.clone());
         }
@@ -122,7 +122,7 @@ pub(crate) fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
 pub(crate) fn lock_ledger(ledger: &Mutex<Ledger>) -> Result<std::sync::MutexGuard<'_, Ledger>> {
     ledger
         .lock()
-        .map_err(|_| Error::Config("ledger lock poisoned by a panicked job".into()))
+        .map_err(|_| Error::Internal("the ledger lock is poisoned by a panicked job".into()))
 }
 
 /// How the pipeline's files are read: its CSV options as decoder options.

@@ -15,6 +15,7 @@ use crate::conformance::mapping::Mapping;
 use crate::conformance::rules::{month_bounds, FileContext, RuleCounts};
 use crate::conformance::schema::Schema;
 use crate::conformance::validate::{CheckContext, CheckMode, RowTally};
+use crate::error::Rejection;
 use crate::ingest::decode::{
     format_decimal, parse_offset, DecodeOptions, Layout, MappedInput, RowProblem,
 };
@@ -117,7 +118,7 @@ pub(crate) fn check_shrink(
     let before = prev.rows_loaded + prev.rows_quarantined;
     let now = staged.tally.rows_read;
     if now * SHRINK_LIMIT.1 < before * SHRINK_LIMIT.0 {
-        return Err(Error::Rejected(format!(
+        return Err(Error::rejected(format!(
             "{now} rows, under half of the {before} rows of the snapshot it would replace ({}, {}); a truncated or wrong file would drop most of the month, so the lake keeps what it had. If the bill really shrank, accept it with `billpipe state reset --account {} --month {}` (or --force)",
             prev.rank, prev.source.key, bill.unit.account, bill.unit.month
         )));
@@ -175,7 +176,7 @@ impl Sink for LakeSink<'_> {
             // A send fails only when the writer stopped on an error of its own, which `close`
             // returns and which explains the failure better.
             Some((tx, _)) if tx.send(rows).is_ok() => Ok(()),
-            _ => Err(Error::Rejected("the writer stopped".into())),
+            _ => Err(Error::rejected("the writer stopped")),
         }
     }
 
@@ -186,7 +187,7 @@ impl Sink for LakeSink<'_> {
         drop(tx);
         let written = writer
             .join()
-            .map_err(|_| Error::Rejected("the write thread panicked".into()))
+            .map_err(|_| Error::Internal("the write thread panicked".into()))
             .and_then(|r| r)?;
         self.written = Some(written);
         Ok(())
@@ -246,7 +247,7 @@ pub(crate) fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -
             let _ = std::fs::remove_file(&p.staged);
         }
         let _ = std::fs::remove_file(&quarantine_path);
-        return Err(Error::Rejected(format!(
+        return Err(Error::rejected(format!(
             "internal check failed: {written_rows} rows / BilledCost {} written, but {} rows / {} passed the checks; nothing published",
             format_decimal(written_cost, ctx.pipeline.schema.decimal_scale),
             tally.rows_loaded,
@@ -255,7 +256,7 @@ pub(crate) fn read_snapshot(ctx: &Context, bill: &BillFile, opts: &RunOptions) -
     }
     if tally.rows_loaded == 0 {
         let _ = std::fs::remove_file(&quarantine_path);
-        return Err(Error::Rejected(format!(
+        return Err(Error::rejected(format!(
             "no row of its {} could be loaded (every row held out; first: {}); an empty snapshot would wipe the month, so the lake keeps what it had",
             tally.rows_read,
             problems.first().map(String::as_str).unwrap_or("-")
@@ -293,15 +294,20 @@ fn same_account(batch: &RecordBatch, column: &str, expected: &str) -> Result<()>
     match other {
         None => Ok(()),
         Some(i) => {
+            let rejection = Rejection::new(format!(
+                "the row is of account {:?}, but the name says the file is account {expected}'s (a file of this family holds one account; its rows would count twice beside the other account's own file)",
+                accounts.value(i)
+            ))
+            .column(column);
             let line = batch
                 .column_by_name(crate::ingest::decode::SOURCE_LINE_COLUMN)
                 .and_then(|c| c.as_any().downcast_ref::<arrow_array::Int64Array>())
-                .map(|l| l.value(i).to_string())
-                .unwrap_or_else(|| "?".into());
-            Err(Error::Rejected(format!(
-                "line {line}, column {column}: the row is of account {:?}, but the name says the file is account {expected}'s (a file of this family holds one account; its rows would count twice beside the other account's own file)",
-                accounts.value(i)
-            )))
+                .map(|l| l.value(i) as u64);
+            Err(match line {
+                Some(line) => rejection.line(line),
+                None => rejection,
+            }
+            .into())
         }
     }
 }

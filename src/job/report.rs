@@ -30,6 +30,9 @@ pub struct ObjectReport {
     pub snapshot_unit: Option<String>,
     pub outcome: Outcome,
     pub reason: String,
+    /// For a rejected object: why, and where in it when known (member, line, column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<crate::error::Rejection>,
     pub rows_loaded: u64,
     pub rows_quarantined: u64,
     pub billed_cost: Option<String>,

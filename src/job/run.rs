@@ -78,6 +78,7 @@ fn object_report(p: &PlannedObject, outcome: Outcome) -> ObjectReport {
         snapshot_unit: p.bill.as_ref().map(|b| b.unit.to_string()),
         outcome,
         reason: p.reason.clone(),
+        rejection: None,
         rows_loaded: 0,
         rows_quarantined: 0,
         billed_cost: None,
@@ -220,6 +221,7 @@ pub fn run_with_progress(
                         Err(Error::Rejected(why)) => {
                             entry.outcome = Outcome::Reject;
                             entry.reason = format!("rejected: {why}");
+                            entry.rejection = Some(why.object(q.object.key.clone()));
                             candidate = fallbacks.next().map(|&k| {
                                 let loaded = lock_ledger(&ctx.ledger)
                                     .map(|l| l.get(&bill.unit).is_some())
@@ -279,7 +281,7 @@ pub fn run_with_progress(
     });
     report.objects = results
         .into_inner()
-        .map_err(|_| Error::Config("a job panicked".into()))?;
+        .map_err(|_| Error::Internal("a job panicked".into()))?;
     report.error = failure.into_inner().ok().flatten();
     report.lake_gaps = LakeGap::find(&*lock_ledger(&ctx.ledger)?, |m| opts.plan.in_range(m));
     report.seconds = start.elapsed().as_secs_f64();
@@ -298,7 +300,7 @@ fn load_with_retries(
     let mut attempt = 1;
     loop {
         match load_snapshot(ctx, bill, opts, entry) {
-            Err(Error::Fetch(why)) if attempt < attempts => {
+            Err(why @ Error::Fetch { .. }) if attempt < attempts => {
                 // Exponential backoff with jitter: 0.5 s, 1 s, 2 s ... plus up to 50 %.
                 let base = 500u64 << (attempt - 1).min(6);
                 let jitter = (std::time::SystemTime::now()
@@ -310,8 +312,8 @@ fn load_with_retries(
                 std::thread::sleep(std::time::Duration::from_millis(base + jitter));
                 attempt += 1;
             }
-            Err(Error::Fetch(why)) => {
-                return Err(Error::Rejected(format!(
+            Err(why @ Error::Fetch { .. }) => {
+                return Err(Error::rejected(format!(
                     "reading the object failed {attempts} times, last: {why}"
                 )))
             }

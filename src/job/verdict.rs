@@ -253,7 +253,7 @@ fn not_focus(schema: &Schema, layout: &Layout, check: &CheckContext) -> Result<(
         .filter(|c| layout.absent.iter().any(|a| a == *c))
         .count();
     if !old_names.is_empty() && missing * 4 > mandatory.len() {
-        return Err(Error::Rejected(format!(
+        return Err(Error::rejected(format!(
             "not a FOCUS 1.x file: it uses pre-1.0 column names ({}) and lacks {} of {} mandatory FOCUS {} columns",
             old_names.join(", "),
             missing,
@@ -276,7 +276,7 @@ fn not_focus(schema: &Schema, layout: &Layout, check: &CheckContext) -> Result<(
                 foreign.join(", ")
             ),
         };
-        return Err(Error::Rejected(format!(
+        return Err(Error::rejected(format!(
             "not a FOCUS 1.x file: {focus_present} FOCUS {} column(s){others}",
             schema.version
         )));

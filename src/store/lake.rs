@@ -404,7 +404,7 @@ impl Fence {
 /// Checks a lake-relative path: segments of 1..=255 bytes, none `.` or `..`, and on S3 a key
 /// (with the lake's prefix) of at most 1,024 bytes.
 fn check_rel_path(rel: &str, key_prefix_bytes: Option<usize>) -> Result<()> {
-    let reject = |why: String| Err(Error::Rejected(format!("output path {rel:?}: {why}")));
+    let reject = |why: String| Err(Error::rejected(format!("output path {rel:?}: {why}")));
     for seg in rel.split('/') {
         if seg.is_empty() || seg == "." || seg == ".." {
             return reject(format!("segment {seg:?} is not a name"));
@@ -586,21 +586,21 @@ mod tests {
         let long = format!("billing_period=2025-11/{}/f.parquet", "a".repeat(256));
         assert!(matches!(
             check_rel_path(&long, None),
-            Err(Error::Rejected(_))
+            Err(Error::Rejected { .. })
         ));
         assert!(matches!(
             check_rel_path("a/../b", None),
-            Err(Error::Rejected(_))
+            Err(Error::Rejected { .. })
         ));
         assert!(matches!(
             check_rel_path("a//b", None),
-            Err(Error::Rejected(_))
+            Err(Error::Rejected { .. })
         ));
         let deep = vec!["a".repeat(200); 5].join("/");
         check_rel_path(&deep, None).unwrap();
         assert!(matches!(
             check_rel_path(&deep, Some(100)),
-            Err(Error::Rejected(_))
+            Err(Error::Rejected { .. })
         ));
     }
 }

@@ -140,7 +140,7 @@ impl LocalStore {
         };
         let meta = std::fs::metadata(path).map_err(|e| {
             if link {
-                Error::Rejected(format!(
+                Error::rejected(format!(
                     "{key}: a symbolic link{} that cannot be followed: {e}",
                     target()
                 ))
@@ -150,7 +150,7 @@ impl LocalStore {
         })?;
         if !meta.is_file() {
             // A FIFO or a device would block or never end; neither is a bill file.
-            return Err(Error::Rejected(format!(
+            return Err(Error::rejected(format!(
                 "{key}: not a regular file{} (a FIFO, socket or device?)",
                 if link { target() } else { String::new() }
             )));

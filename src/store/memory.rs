@@ -76,10 +76,10 @@ impl Store for MemoryStore {
     fn stream(&self, listed: &ObjectInfo, on_chunk: &mut dyn FnMut(Bytes) -> bool) -> Result<u64> {
         let entry = self.objects().get(&listed.key).cloned();
         let entry = entry.ok_or_else(|| {
-            Error::Rejected(format!("{}{}: no such object", self.uri(), listed.key))
+            Error::rejected(format!("{}{}: no such object", self.uri(), listed.key))
         })?;
         if !listed.etag.is_empty() && listed.etag != entry.etag {
-            return Err(Error::Rejected(format!(
+            return Err(Error::rejected(format!(
                 "{}: changed since it was listed (ETag {} listed, {} now)",
                 listed.key, listed.etag, entry.etag
             )));

@@ -90,7 +90,7 @@ pub trait Store: Send + Sync {
 
 /// The message of a stream whose object is not the one listed any more.
 pub(crate) fn changed(key: &str, listed: u64, read: u64) -> Error {
-    Error::Rejected(format!(
+    Error::rejected(format!(
         "{key}: file changed while it was read ({listed} bytes listed, {read} read)"
     ))
 }

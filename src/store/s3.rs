@@ -540,19 +540,19 @@ impl Store for S3Store {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(Error::Fetch(format!(
-                        "s3://{}/{key}: the download broke off after {total} bytes: {e}",
-                        self.location.bucket
-                    )))
+                    return Err(Error::fetch(
+                        format!("s3://{}/{key}", self.location.bucket),
+                        format!("the download broke off after {total} bytes: {e}"),
+                    ))
                 }
             }
         }
         if expected >= 0 && total != expected as u64 {
             // Never load a short body as if it were the whole object.
-            return Err(Error::Fetch(format!(
-                "s3://{}/{key}: the body ended after {total} of {expected} bytes",
-                self.location.bucket
-            )));
+            return Err(Error::fetch(
+                format!("s3://{}/{key}", self.location.bucket),
+                format!("the body ended after {total} of {expected} bytes"),
+            ));
         }
         Ok(total)
     }

@@ -9,6 +9,7 @@ use arrow_schema::{Field, Schema as ArrowSchema, SchemaRef};
 
 use crate::conformance::mapping::{self, Mapping};
 use crate::conformance::schema::{ColumnType, Schema};
+use crate::error::Rejection;
 use crate::values::{parse_offset, Month};
 use crate::{Error, Result};
 
@@ -84,22 +85,27 @@ impl Layout {
         let mut seen = std::collections::HashMap::new();
         for (i, name) in header.iter().enumerate() {
             if name.is_empty() {
-                return Err(Error::Rejected(format!(
-                    "line 1: header column {} has no name",
-                    i + 1
-                )));
+                return Err(Error::from(
+                    Rejection::new(format!("header column {} has no name", i + 1)).line(1),
+                ));
             }
             if let Some(first) = seen.insert(name.as_str(), i) {
-                return Err(Error::Rejected(format!(
-                    "line 1: header column name {name:?} appears twice (columns {} and {})",
-                    first + 1,
-                    i + 1
-                )));
+                return Err(Error::from(
+                    Rejection::new(format!(
+                        "header column name {name:?} appears twice (columns {} and {})",
+                        first + 1,
+                        i + 1
+                    ))
+                    .line(1),
+                ));
             }
             if name == SOURCE_KEY_COLUMN || name == SOURCE_LINE_COLUMN {
-                return Err(Error::Rejected(format!(
-                    "line 1: header column {name} is reserved for billpipe's lineage"
-                )));
+                return Err(Error::from(
+                    Rejection::new(format!(
+                        "header column {name} is reserved for billpipe's lineage"
+                    ))
+                    .line(1),
+                ));
             }
         }
         let mut used = vec![false; header.len()];
@@ -162,9 +168,12 @@ impl Layout {
                 None => name.clone(),
             };
             if fields.iter().any(|f: &Field| f.name() == &out) {
-                return Err(Error::Rejected(format!(
-                    "line 1: header column {name:?} would be written as {out}, which exists already"
-                )));
+                return Err(Error::from(
+                    Rejection::new(format!(
+                        "header column {name:?} would be written as {out}, which exists already"
+                    ))
+                    .line(1),
+                ));
             }
             extra.push(out.clone());
             fields.push(Field::new(&out, arrow_schema::DataType::Utf8, true));

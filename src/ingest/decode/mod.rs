@@ -60,6 +60,7 @@ use arrow_array::RecordBatch;
 use csv::ByteRecord;
 
 use crate::conformance::schema::Schema;
+use crate::error::Rejection;
 use crate::values::{is_focus_datetime, is_focus_numeric};
 use crate::{Error, Result};
 
@@ -215,11 +216,11 @@ impl<R: Read> CsvDecoder<R> {
             .flexible(true)
             .from_reader(input);
         let mut raw = ByteRecord::new();
-        let has_header = reader
-            .read_byte_record(&mut raw)
-            .map_err(|e| Error::Rejected(format!("line 1: cannot read the header: {e}")))?;
+        let has_header = reader.read_byte_record(&mut raw).map_err(|e| {
+            Error::from(Rejection::new(format!("cannot read the header: {e}")).line(1))
+        })?;
         if !has_header {
-            return Err(Error::Rejected("line 1: empty file, no header".into()));
+            return Err(Error::from(Rejection::new("empty file, no header").line(1)));
         }
         // The header is the Guard's first record; its lines are not needed.
         reader.get_mut().records.pop_front();
@@ -230,9 +231,9 @@ impl<R: Read> CsvDecoder<R> {
                 .into_iter()
                 .find(|d| *d != wanted && only.contains(*d));
             if let Some(d) = other {
-                return Err(Error::Rejected(format!(
-                    "line 1: the header is a single column; the file looks {d:?}-delimited but the pipeline expects {wanted:?}"
-                )));
+                return Err(Error::from(Rejection::new(format!(
+                    "the header is a single column; the file looks {d:?}-delimited but the pipeline expects {wanted:?}"
+                )).line(1)));
             }
         }
         let mut header = Vec::with_capacity(raw.len());
@@ -243,7 +244,7 @@ impl<R: Read> CsvDecoder<R> {
                 field
             };
             let name = std::str::from_utf8(field).map_err(|_| {
-                Error::Rejected(format!("line 1: header column {} is not UTF-8", i + 1))
+                Error::from(Rejection::new(format!("header column {} is not UTF-8", i + 1)).line(1))
             })?;
             header.push(name.trim().to_string());
         }
@@ -298,16 +299,21 @@ impl<R: Read> CsvDecoder<R> {
                 .find(|i| std::str::from_utf8(&self.record[*i]).is_err())
                 .map(|i| self.header_name(i))
                 .unwrap_or_default();
-            return Err(Error::Rejected(format!(
-                "line {line}, column {column}: not valid UTF-8 (is the file in another encoding, such as GBK?)"
-            )));
+            return Err(Error::from(
+                Rejection::new("not valid UTF-8 (is the file in another encoding, such as GBK?)")
+                    .line(line)
+                    .column(column.to_string()),
+            ));
         }
         if self.record.as_slice().len() > self.options.max_record_bytes {
-            return Err(Error::Rejected(format!(
-                "line {line}: a record of {} bytes exceeds the limit of {} bytes",
-                self.record.as_slice().len(),
-                self.options.max_record_bytes
-            )));
+            return Err(Error::from(
+                Rejection::new(format!(
+                    "a record of {} bytes exceeds the limit of {} bytes",
+                    self.record.as_slice().len(),
+                    self.options.max_record_bytes
+                ))
+                .line(line),
+            ));
         }
         if at.end > at.start {
             if let Some(held) = self.runaway_quote(at) {
@@ -449,7 +455,9 @@ impl<R: Read> CsvDecoder<R> {
                     // Only reading can fail (byte records, flexible): the Guard's line is where
                     // the bytes stopped making sense.
                     let line = self.reader.get_ref().line;
-                    return Err(Error::Rejected(format!("line {line}: unreadable CSV: {e}")));
+                    return Err(Error::from(
+                        Rejection::new(format!("unreadable CSV: {e}")).line(line),
+                    ));
                 }
             };
             if !more {

@@ -5,6 +5,7 @@
 
 use std::io::Read;
 
+use crate::error::Rejection;
 use crate::{Error, Result};
 
 use super::guard::{RecordLines, StrayQuote};
@@ -17,20 +18,22 @@ impl<R: Read> CsvDecoder<R> {
         // First: a quote opened in the header would otherwise read as "no data rows".
         if let Some(open) = self.reader.get_ref().unterminated {
             let last = self.last_line.max(open.end);
-            return Err(Error::Rejected(format!(
-                "line {}: the file ends inside a quoted field: the quote that opens column {} on line {} is never closed, so lines {}-{} were read as that one field",
-                open.line,
+            return Err(Rejection::new(format!(
+                "the file ends inside a quoted field: the quote that opens column {} on line {} is never closed, so lines {}-{} were read as that one field",
                 self.header_name(open.field),
                 open.line,
                 open.line,
                 last
-            )));
+            ))
+            .line(open.line)
+            .into());
         }
         if self.rows_seen == 0 {
-            return Err(Error::Rejected(
-                "line 2: no data rows after the header (an empty snapshot would wipe the month; refusing to load it)"
-                    .into(),
-            ));
+            return Err(Rejection::new(
+                "no data rows after the header (an empty snapshot would wipe the month; refusing to load it)",
+            )
+            .line(2)
+            .into());
         }
         Ok(())
     }
@@ -43,11 +46,12 @@ impl<R: Read> CsvDecoder<R> {
         let guard = self.reader.get_mut();
         match guard.records.pop_front() {
             Some(at) if at.delimiters + 1 == fields => Ok(at),
-            other => Err(Error::Rejected(format!(
-                "line {}: billpipe lost count of the file's lines (the CSV parser read a record of {fields} fields, the line counter {}); refusing to load rows with wrong line numbers",
-                other.as_ref().map_or(guard.line, |a| a.start),
-                other.map_or("none".to_string(), |a| format!("{} fields", a.delimiters + 1)),
-            ))),
+            other => Err(Rejection::new(format!(
+                "billpipe lost count of the file's lines (the CSV parser read a record of {fields} fields, the line counter {}); refusing to load rows with wrong line numbers",
+                other.as_ref().map_or("none".to_string(), |a| format!("{} fields", a.delimiters + 1)),
+            ))
+            .line(other.as_ref().map_or(guard.line, |a| a.start))
+            .into()),
         }
     }
 
