@@ -6,7 +6,7 @@
 use std::io::Read;
 
 use crate::error::Rejection;
-use crate::{Error, Result};
+use crate::Result;
 
 use super::guard::{RecordLines, StrayQuote};
 use super::layout::Source;
