@@ -678,6 +678,7 @@ fn job(args: RunArgs, plan_only: bool) -> Result<i32> {
             from: args.from.clone(),
             to: args.to.clone(),
             force: args.force,
+            ..PlanOptions::default()
         },
         jobs: args.jobs.max(1),
         profile: args.profile.clone(),

@@ -94,7 +94,11 @@ pub(crate) fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     };
     let source: Arc<Source> = Arc::from(source::open(&opts.source, s3)?);
     let listing = source.list()?;
-    let lake: Arc<Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
+    let mut lake = lake::open(&opts.dest, writable, s3)?;
+    if let Some(shard) = opts.plan.shard {
+        lake = lake.for_shard(&shard.label());
+    }
+    let lake: Arc<Lake> = Arc::new(lake);
     let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
     let decode = decode_options(&pipeline, opts.batch_rows)?;
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;

@@ -41,7 +41,7 @@ use crate::store::lake::Lake;
 use crate::{Error, Result};
 
 /// The lock object (kept with the lake, whose fence lets only it be written without the lock).
-pub use crate::store::lake::LOCK_PATH;
+pub use crate::store::lake::{LOCKS_DIR, LOCK_PATH};
 /// The longest time between two heartbeats (shorter for short stale timeouts).
 const HEARTBEAT_MAX: Duration = Duration::from_secs(15);
 /// The longest a suspect lock is watched for a heartbeat before it is taken over.
@@ -197,7 +197,7 @@ pub fn acquire(lake: Arc<Lake>, command: &str, options: &LockOptions) -> Result<
     loop {
         // Look first: on stores that ignore If-None-Match, creating would overwrite a live lock.
         let mut took_over = false;
-        if let Some(bytes) = lake.get(LOCK_PATH)? {
+        if let Some(bytes) = lake.get(lake.lock_path())? {
             let held = parse(&bytes);
             let verdict = match held.judge(options.stale_after) {
                 Verdict::Suspect => match watch(lake.as_ref(), &bytes, options.watch())? {
@@ -210,12 +210,12 @@ pub fn acquire(lake: Arc<Lake>, command: &str, options: &LockOptions) -> Result<
             match verdict {
                 Verdict::Dead => {
                     // Remove exactly the lock judged, not one another run wrote meanwhile.
-                    if lake.get(LOCK_PATH)?.as_deref() != Some(bytes.as_slice()) {
+                    if lake.get(lake.lock_path())?.as_deref() != Some(bytes.as_slice()) {
                         continue;
                     }
                     // Said once, on stderr even with -q: a takeover is worth knowing about.
                     eprintln!("billpipe: taking over a stale lock left by {}", held.describe());
-                    lake.delete(LOCK_PATH)?;
+                    lake.delete(lake.lock_path())?;
                     took_over = true;
                 }
                 Verdict::Live | Verdict::Suspect if options.wait => {
@@ -225,9 +225,10 @@ pub fn acquire(lake: Arc<Lake>, command: &str, options: &LockOptions) -> Result<
                 }
                 Verdict::Live | Verdict::Suspect => {
                     return Err(Error::Locked(format!(
-                        "{} is locked by another billpipe {}; run again later, pass --wait to wait for it, or delete {LOCK_PATH} if you are sure no run is alive",
+                        "{} is locked by another billpipe {}; run again later, pass --wait to wait for it, or delete {} if you are sure no run is alive",
                         lake.uri(),
-                        held.describe()
+                        held.describe(),
+                        lake.lock_path()
                     )))
                 }
             }
@@ -235,7 +236,7 @@ pub fn acquire(lake: Arc<Lake>, command: &str, options: &LockOptions) -> Result<
         let taken = Instant::now();
         info.heartbeat_at = now();
         let bytes = serde_json::to_vec_pretty(&info).map_err(|e| Error::Config(e.to_string()))?;
-        match lake.put_if_absent(LOCK_PATH, &bytes) {
+        match lake.put_if_absent(lake.lock_path(), &bytes) {
             Ok(()) => {}
             // Someone else created it first: look again.
             Err(Error::AlreadyExists { .. }) => continue,
@@ -245,10 +246,25 @@ pub fn acquire(lake: Arc<Lake>, command: &str, options: &LockOptions) -> Result<
             // Two runs that both found no lock (or both removed the same stale one) may both
             // have "created" it; the one whose id does not read back steps aside.
             std::thread::sleep(Duration::from_millis(500));
-            let now_there = lake.get(LOCK_PATH)?.map(|b| parse(&b));
+            let now_there = lake.get(lake.lock_path())?.map(|b| parse(&b));
             if now_there.as_ref().map(|l| &l.owner) != Some(&info.owner) {
                 continue;
             }
+        }
+        // Shards exclude the whole-lake run and it excludes them (shards never exclude each
+        // other: their units are disjoint). Checked once our own lock is in place, so of two
+        // runs starting together at least one sees the other.
+        if let Some(other) = excluding(&lake, options)? {
+            lake.delete(lake.lock_path())?;
+            if options.wait {
+                tracing::info!("waiting for {other}");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            return Err(Error::Locked(format!(
+                "{} is being loaded by {other}; run again later or pass --wait to wait for it",
+                lake.uri()
+            )));
         }
         lake.fence().hold(taken, options.lease());
         let lock = start(lake, info, options);
@@ -277,7 +293,7 @@ fn watch(lake: &Lake, seen: &[u8], how_long: Duration) -> Result<Watched> {
     );
     let until = Instant::now() + how_long;
     loop {
-        match lake.get(LOCK_PATH)? {
+        match lake.get(lake.lock_path())? {
             None => return Ok(Watched::Gone),
             Some(b) if b != seen => return Ok(Watched::Changed),
             Some(_) if Instant::now() >= until => return Ok(Watched::Unchanged),
@@ -289,6 +305,32 @@ fn watch(lake: &Lake, seen: &[u8], how_long: Duration) -> Result<Watched> {
                 .min(Duration::from_millis(500)),
         );
     }
+}
+
+/// A live run this one must not load beside: for a shard, a whole-lake run; for a whole-lake
+/// run, any shard. Locks whose owner is dead are ignored (their next run takes them over).
+fn excluding(lake: &Lake, options: &LockOptions) -> Result<Option<String>> {
+    let live = |bytes: &[u8]| {
+        let held = parse(bytes);
+        (!matches!(held.judge(options.stale_after), Verdict::Dead)).then(|| held.describe())
+    };
+    if lake.scope().is_some() {
+        return Ok(lake
+            .get(LOCK_PATH)?
+            .and_then(|b| live(&b))
+            .map(|who| format!("a whole-lake {who}")));
+    }
+    for (path, _) in lake.list(&format!("{LOCKS_DIR}/"))? {
+        if let Some(who) = lake.get(&path)?.and_then(|b| live(&b)) {
+            let shard = path
+                .rsplit('/')
+                .next()
+                .unwrap_or(&path)
+                .trim_end_matches(".json");
+            return Ok(Some(format!("a sharded {who} ({shard})")));
+        }
+    }
+    Ok(None)
 }
 
 /// A lock's content. An unreadable one (half written by a store without atomic PUT) reads as a
@@ -306,7 +348,7 @@ fn parse(bytes: &[u8]) -> LockInfo {
 }
 
 fn read(lake: &Lake) -> Result<Option<LockInfo>> {
-    Ok(lake.get(LOCK_PATH)?.map(|b| parse(&b)))
+    Ok(lake.get(lake.lock_path())?.map(|b| parse(&b)))
 }
 
 /// One heartbeat: rewrites the lock if it is still ours and the lease has not lapsed; marks the
@@ -328,8 +370,8 @@ fn beat(lake: &Lake, info: &mut LockInfo) -> bool {
         }
         Ok(None) => {
             // Re-creating it could overwrite a run that is taking it over right now.
-            tracing::error!("lost the lake's lock: {LOCK_PATH} was removed");
-            fence.lose(format!("{LOCK_PATH} was removed by someone else"));
+            tracing::error!("lost the lake's lock: {} was removed", lake.lock_path());
+            fence.lose(format!("{} was removed by someone else", lake.lock_path()));
             return false;
         }
         Err(e) => {
@@ -340,7 +382,7 @@ fn beat(lake: &Lake, info: &mut LockInfo) -> bool {
     info.heartbeat_at = now();
     let written = serde_json::to_vec_pretty(&info)
         .map_err(|e| Error::Config(e.to_string()))
-        .and_then(|b| lake.put(LOCK_PATH, &b));
+        .and_then(|b| lake.put(lake.lock_path(), &b));
     match written {
         Ok(()) => fence.renew(checked),
         Err(e) => {
@@ -400,7 +442,7 @@ impl Drop for LakeLock {
         self.lake.fence().close();
         if let Ok(Some(held)) = read(self.lake.as_ref()) {
             if held.owner == self.info.owner {
-                let _ = self.lake.delete(LOCK_PATH);
+                let _ = self.lake.delete(self.lake.lock_path());
             }
         }
     }

@@ -6,3 +6,4 @@ pub mod classify;
 pub mod ledger;
 pub mod lock;
 pub mod plan;
+pub mod shard;

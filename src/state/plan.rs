@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::state::classify::{BillFile, Classification, Pipeline};
 use crate::state::ledger::Ledger;
+use crate::state::shard::Shard;
 use crate::store::source::ObjectInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,6 +52,27 @@ pub struct PlannedObject {
     pub fallbacks: Vec<String>,
 }
 
+/// Why a sharded run leaves an object to another shard, or `None` if it is this shard's: a
+/// bill of a unit another shard takes, and (except on shard 0, which reports them once for
+/// all) objects that are no bill of any unit.
+fn other_shards(classified: &Classification, shard: Option<Shard>) -> Option<String> {
+    let shard = shard?;
+    match classified {
+        Classification::Bill(bill) if !shard.takes(&bill.unit) => Some(format!(
+            "another shard's: {} belongs to shard {} of {}",
+            bill.unit,
+            Shard::of(&bill.unit, shard.count),
+            shard.count
+        )),
+        Classification::Bill(_) => None,
+        _ if shard.reports_the_rest() => None,
+        _ => Some(format!(
+            "not a bill of any unit: shard 0 of {} reports it",
+            shard.count
+        )),
+    }
+}
+
 /// Operator choices that change the plan.
 #[derive(Debug, Clone, Default)]
 pub struct PlanOptions {
@@ -60,6 +82,8 @@ pub struct PlanOptions {
     pub to: Option<String>,
     /// Reload even unchanged snapshots.
     pub force: bool,
+    /// Only the units of this shard (`run --shard I/N`).
+    pub shard: Option<Shard>,
 }
 
 impl PlanOptions {
@@ -78,7 +102,22 @@ pub fn plan(
     let mut out = Vec::new();
     let mut by_unit: BTreeMap<_, Vec<BillFile>> = BTreeMap::new();
     for obj in listing {
-        match pipeline.classify(obj) {
+        let classified = pipeline.classify(obj);
+        if let Some(skip) = other_shards(&classified, options.shard) {
+            out.push(PlannedObject {
+                object: obj.clone(),
+                reason: skip,
+                bill: match classified {
+                    Classification::Bill(bill) => Some(*bill),
+                    _ => None,
+                },
+                action: Action::Skip,
+                near_miss: false,
+                fallbacks: Vec::new(),
+            });
+            continue;
+        }
+        match classified {
             Classification::Bill(bill) if !options.in_range(&bill.unit.month) => {
                 out.push(PlannedObject {
                     object: obj.clone(),

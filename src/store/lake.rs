@@ -43,6 +43,17 @@ pub const MAX_SEGMENT_BYTES: usize = 255;
 /// The lake's lock object (see `state::lock`): the one path written without holding the lock,
 /// by the lock protocol itself.
 pub const LOCK_PATH: &str = "_billpipe/lock.json";
+/// Where sharded runs' locks are (`shard-I-of-N.json`, see `state::shard`).
+pub const LOCKS_DIR: &str = "_billpipe/locks";
+
+/// Whether `rel` is a lock object, which the lock protocol writes before the fence opens.
+fn is_lock_path(rel: &str) -> bool {
+    rel == LOCK_PATH
+        || rel
+            .strip_prefix(LOCKS_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+            .is_some_and(|name| !name.contains('/') && name.ends_with(".json"))
+}
 const MAX_S3_KEY_BYTES: usize = 1024;
 /// Name prefix of S3 lakes' staging folders in the temp dir.
 const S3_STAGING_PREFIX: &str = "billpipe-staging-";
@@ -61,6 +72,10 @@ pub struct Lake {
     others: Staging,
     /// On S3: the bytes of the lake's key prefix, which count towards the key limit.
     key_prefix_bytes: Option<usize>,
+    /// The lock this handle takes: the lake's, or a shard's (see [`Lake::for_shard`]).
+    lock_path: String,
+    /// `shard-I-of-N` for a sharded run's handle.
+    scope: Option<String>,
 }
 
 /// Where a lake's runs stage.
@@ -101,6 +116,8 @@ impl Lake {
             run_id,
             fence: Fence::default(),
             key_prefix_bytes: None,
+            lock_path: LOCK_PATH.into(),
+            scope: None,
         })
     }
 
@@ -126,7 +143,39 @@ impl Lake {
             run_id,
             fence: Fence::default(),
             key_prefix_bytes: None,
+            lock_path: LOCK_PATH.into(),
+            scope: None,
         }
+    }
+
+    /// The handle of one shard of a sharded run (`scope` is `shard-I-of-N`): it takes the
+    /// shard's own lock (`_billpipe/locks/<scope>.json`) and stages in a folder of the shard's
+    /// own, so shards neither wait for each other nor clear each other's staging. (Unsharded
+    /// runs leave shards' staging alone; a shard clears only its own earlier runs'.)
+    pub fn for_shard(mut self, scope: &str) -> Lake {
+        self.lock_path = format!("{LOCKS_DIR}/{scope}.json");
+        self.scope = Some(scope.to_string());
+        match &mut self.others {
+            Staging::InLake { base, .. } => {
+                *base = base.join(scope);
+                self.staging = base.join(&self.run_id);
+            }
+            Staging::Temp { prefix } => {
+                prefix.push_str(&format!("{scope}-"));
+                self.staging = std::env::temp_dir().join(format!("{prefix}{}", self.run_id));
+            }
+        }
+        self
+    }
+
+    /// The lock object this handle takes.
+    pub fn lock_path(&self) -> &str {
+        &self.lock_path
+    }
+
+    /// `shard-I-of-N` for a shard's handle, `None` for the whole lake's.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -164,7 +213,9 @@ impl Lake {
                 // loose files): no run that lacks the lock may be staging.
                 let entries = std::fs::read_dir(base).map_err(|e| Error::io(base, e))?;
                 for e in entries.flatten() {
-                    if e.file_name().to_string_lossy() != self.run_id {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // Shards' staging folders are theirs to clear (run ids never start so).
+                    if name != self.run_id && !name.starts_with("shard-") {
                         remove_any(&e.path());
                     }
                 }
@@ -195,9 +246,10 @@ impl Lake {
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     // This lake's other runs do not hold its lock: killed, or fenced off.
-                    if (name.starts_with(prefix.as_str()) && name != ours)
-                        || legacy_staging_is_dead(&name)
-                    {
+                    let other_run = name
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|run| !run.starts_with("shard-"));
+                    if (other_run && name != ours) || legacy_staging_is_dead(&name) {
                         remove_any(&e.path());
                     }
                 }
@@ -393,7 +445,7 @@ impl Fence {
 
     /// The fence guards every path but the lock object, which the lock protocol itself governs.
     fn check_rel(&self, rel: &str) -> Result<()> {
-        if rel == LOCK_PATH {
+        if is_lock_path(rel) {
             Ok(())
         } else {
             self.check(rel)
