@@ -814,7 +814,17 @@ fn a_failure_publishing_one_object_rejects_it_whole_and_the_run_goes_on() {
         (other.rows, other.billed),
     );
     assert_eq!(sums_by_account_column(lake.path()), only_other);
-    let ledger = std::fs::read_to_string(lake.path().join("_billpipe/ledger.json")).unwrap();
+    // The whole ledger: its manifest, base and journal.
+    let mut ledger = std::fs::read_to_string(lake.path().join("_billpipe/ledger.json")).unwrap();
+    for dir in ["_billpipe/ledger", "_billpipe/ledger/journal"] {
+        for f in std::fs::read_dir(lake.path().join(dir)).unwrap() {
+            let path = f.unwrap().path();
+            if path.is_file() {
+                ledger.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    assert!(ledger.contains("300030003005"), "{ledger}");
     assert!(!ledger.contains("900000000099"), "{ledger}");
     // Out of the way, the next run loads it whole.
     std::fs::remove_file(&obstacle).unwrap();
