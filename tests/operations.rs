@@ -44,13 +44,22 @@ fn from_to_restricts_a_run_to_billing_months() {
     let loaded = outcomes(&report, "ingest");
     assert_eq!(loaded.len(), 2, "{loaded:?}");
     assert!(loaded.iter().all(|k| k.ends_with("20251206.CSV")));
-    let out_of_range = report["objects"]
+    // Skipped objects are counted by reason in the report (listed with --report-skipped).
+    let out_of_range = report["skipped"]["by_reason"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|o| o["reason"].as_str().unwrap().starts_with("out of range"))
-        .count();
-    assert_eq!(out_of_range, 8, "all November files are out of range");
+        .find(|r| r["reason"] == "out of range")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(
+        out_of_range["count"], 8,
+        "all November files are out of range"
+    );
+    assert!(out_of_range["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["reason"].as_str().unwrap().starts_with("out of range")));
     let sums = local_lake_sums(lake.path());
     assert!(sums.keys().all(|(period, _)| period == "2025-12"));
     // A later backfill of November adds it without touching December.

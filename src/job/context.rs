@@ -39,6 +39,9 @@ pub struct RunOptions {
     pub profile: Option<String>,
     /// Gatekeeping (`--quarantine-on error`): rows with error findings are held out.
     pub quarantine_on_error: bool,
+    /// List every skipped object in the JSON report (`--report-skipped`, `-v`), not only their
+    /// counts and first examples by reason.
+    pub report_skipped: bool,
 }
 
 impl RunOptions {
@@ -57,6 +60,7 @@ impl RunOptions {
             limits: unpack::Limits::default(),
             profile: None,
             quarantine_on_error: false,
+            report_skipped: false,
         }
     }
 }

@@ -38,7 +38,9 @@ use crate::job::commit::{commit, object_failure};
 pub use crate::job::context::RunOptions;
 use crate::job::context::{lock_ledger, open, Context};
 use crate::job::load::{check_shrink, read_snapshot};
-use crate::job::report::{LakeGap, ObjectReport, Outcome, RunReport, StageSeconds, Totals};
+use crate::job::report::{
+    LakeGap, ObjectReport, Outcome, RunReport, SkipSummary, StageSeconds, Totals,
+};
 use crate::state::classify::BillFile;
 use crate::state::ledger::Ledger;
 use crate::state::lock;
@@ -67,6 +69,8 @@ fn new_report(command: &str, opts: &RunOptions) -> RunReport {
         seconds: 0.0,
         objects: Vec::new(),
         totals: Totals::default(),
+        skipped: SkipSummary::default(),
+        report_skipped: opts.report_skipped,
         lake_gaps: Vec::new(),
         error: None,
         exit_code: None,
