@@ -99,7 +99,13 @@ pub(crate) fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
     let source: Arc<Source> = Arc::from(source::open(&opts.source, s3)?);
     let listing = source.list()?;
     let lake: Arc<Lake> = Arc::from(lake::open(&opts.dest, writable, s3)?);
-    let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
+    // A run (writable) reads the ledger once it holds the lake's lock; reading it here too
+    // would cost a second O(units) load.
+    let ledger = Mutex::new(if writable {
+        Ledger::default()
+    } else {
+        Ledger::load(lake.as_ref())?
+    });
     let decode = decode_options(&pipeline, opts.batch_rows)?;
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
     let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);

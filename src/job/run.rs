@@ -154,8 +154,8 @@ pub fn run_with_progress(
     report.pipeline = ctx.pipeline.origin.clone();
     let waited = Instant::now();
     let _lock = lock::acquire(ctx.lake.clone(), "run", &opts.lock)?;
-    // Another run may have committed between opening and locking: plan from the latest ledger,
-    // and from a fresh listing if we waited for the lock.
+    // The ledger is read once the lock is held (another run may have committed until then),
+    // and the source listed again if we waited for the lock.
     *lock_ledger(&ctx.ledger)? = Ledger::load(ctx.lake.as_ref())?;
     if waited.elapsed() > std::time::Duration::from_secs(2) {
         ctx.listing = ctx.source.list()?;
