@@ -170,12 +170,8 @@ fn snapshots_replace_each_other_and_totals_stay_exact() {
     assert_eq!(r["totals"]["ingested"], 0);
     assert_eq!(r["totals"]["replaced"], 0);
     let late_key = late.file_name().unwrap().to_str().unwrap();
-    let entry = r["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["key"] == late_key)
-        .unwrap();
+    let entry = report_object(&r, late_key).unwrap();
+    assert_eq!(entry["outcome"], "skip");
     assert!(
         entry["reason"].as_str().unwrap().contains("superseded"),
         "{entry}"
@@ -466,4 +462,66 @@ fn the_native_examples_load() {
         (rows, billed)
     );
     assert_eq!(sums.len(), 4);
+}
+
+#[test]
+fn skipped_objects_are_summarised_by_reason_in_a_bounded_report() {
+    // 2,000 skipped objects: 1,200 that are no bill file, 800 bills outside --from.
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let notes = src.path().join("notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    for i in 0..1200 {
+        std::fs::write(notes.join(format!("readme-{i:04}.txt")), b"hello").unwrap();
+    }
+    for i in 0..800 {
+        let name =
+            billpipe::generate::object_name(&format!("{}", 800000000000u64 + i), "2024-01", None)
+                .unwrap();
+        std::fs::write(src.path().join(name), b"not read").unwrap();
+    }
+    let dest = lake.path().to_str().unwrap();
+    let (out, report) = run_job(src.path().to_str().unwrap(), dest, &["--from", "2025-01"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(report["totals"]["objects"], 2000);
+    assert_eq!(report["totals"]["skipped"], 2000);
+    assert_eq!(report["objects"].as_array().unwrap().len(), 0);
+    let skipped = &report["skipped"];
+    assert_eq!(skipped["count"], 2000);
+    assert_eq!(skipped["listed"], false);
+    let by: Vec<(String, u64, usize)> = skipped["by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["reason"].as_str().unwrap().to_string(),
+                r["count"].as_u64().unwrap(),
+                r["examples"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        vec![
+            ("not a bill file".to_string(), 1200, 5),
+            ("out of range".to_string(), 800, 5)
+        ]
+    );
+    let first = &skipped["by_reason"][0]["examples"][0];
+    assert_eq!(first["key"], "notes/readme-0000.txt");
+    assert!(first["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("not a bill file: "));
+    // A fixed-size summary: a few KB, where listing them took ~640 bytes per object.
+    let bytes = serde_json::to_vec_pretty(&report).unwrap().len();
+    assert!(bytes < 16 * 1024, "{bytes} bytes");
+    // The human summary groups them as before.
+    assert!(
+        out.stdout
+            .contains("skipped (-v to list): 1200 not a bill file, 800 out of range"),
+        "{}",
+        out.stdout
+    );
 }

@@ -44,13 +44,22 @@ fn from_to_restricts_a_run_to_billing_months() {
     let loaded = outcomes(&report, "ingest");
     assert_eq!(loaded.len(), 2, "{loaded:?}");
     assert!(loaded.iter().all(|k| k.ends_with("20251206.CSV")));
-    let out_of_range = report["objects"]
+    // Skipped objects are counted by reason in the report (listed with --report-skipped).
+    let out_of_range = report["skipped"]["by_reason"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|o| o["reason"].as_str().unwrap().starts_with("out of range"))
-        .count();
-    assert_eq!(out_of_range, 8, "all November files are out of range");
+        .find(|r| r["reason"] == "out of range")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(
+        out_of_range["count"], 8,
+        "all November files are out of range"
+    );
+    assert!(out_of_range["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["reason"].as_str().unwrap().starts_with("out of range")));
     let sums = local_lake_sums(lake.path());
     assert!(sums.keys().all(|(period, _)| period == "2025-12"));
     // A later backfill of November adds it without touching December.
@@ -814,7 +823,17 @@ fn a_failure_publishing_one_object_rejects_it_whole_and_the_run_goes_on() {
         (other.rows, other.billed),
     );
     assert_eq!(sums_by_account_column(lake.path()), only_other);
-    let ledger = std::fs::read_to_string(lake.path().join("_billpipe/ledger.json")).unwrap();
+    // The whole ledger: its manifest, base and journal.
+    let mut ledger = std::fs::read_to_string(lake.path().join("_billpipe/ledger.json")).unwrap();
+    for dir in ["_billpipe/ledger", "_billpipe/ledger/journal"] {
+        for f in std::fs::read_dir(lake.path().join(dir)).unwrap() {
+            let path = f.unwrap().path();
+            if path.is_file() {
+                ledger.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    assert!(ledger.contains("300030003005"), "{ledger}");
     assert!(!ledger.contains("900000000099"), "{ledger}");
     // Out of the way, the next run loads it whole.
     std::fs::remove_file(&obstacle).unwrap();

@@ -1,5 +1,5 @@
 //! Publishing a staged snapshot and recording it in the ledger (the commit protocol in
-//! `job::run`'s docs), and undoing a publish that failed half-way so no partition file is left
+//! `job::run`'s docs; the ledger entry is one new journal object, see `state::ledger`), and undoing a publish that failed half-way so no partition file is left
 //! without a ledger entry.
 
 use crate::fault;
@@ -158,23 +158,25 @@ pub(crate) fn commit(
     let billed_cost = format_decimal(total_cost, scale);
     fault::point("ledger");
     let mut ledger = lock_ledger(&ctx.ledger)?;
-    ledger.record(LedgerEntry {
-        unit: bill.unit.clone(),
-        source: bill.object.clone(),
-        parts: bill.other_parts.clone(),
-        family: bill.family.clone(),
-        rank: bill.rank.clone(),
-        outputs: outputs.clone(),
-        quarantine: quarantine.clone(),
-        rows_loaded: rows,
-        rows_quarantined,
-        billed_cost: billed_cost.clone(),
-        billed_cost_held_out: Some(format_decimal(staged.tally.cost_held_out, scale)),
-        rows_cost_unreadable: staged.tally.cost_unreadable_rows,
-        loaded_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        reset: false,
-    });
-    ledger.save(ctx.lake.as_ref())?;
+    ledger.append(
+        ctx.lake.as_ref(),
+        LedgerEntry {
+            unit: bill.unit.clone(),
+            source: bill.object.clone(),
+            parts: bill.other_parts.clone(),
+            family: bill.family.clone(),
+            rank: bill.rank.clone(),
+            outputs: outputs.clone(),
+            quarantine: quarantine.clone(),
+            rows_loaded: rows,
+            rows_quarantined,
+            billed_cost: billed_cost.clone(),
+            billed_cost_held_out: Some(format_decimal(staged.tally.cost_held_out, scale)),
+            rows_cost_unreadable: staged.tally.cost_unreadable_rows,
+            loaded_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            reset: false,
+        },
+    )?;
     drop(ledger);
     entry.rows_loaded = rows;
     entry.rows_quarantined = rows_quarantined;

@@ -39,6 +39,9 @@ pub struct RunOptions {
     pub profile: Option<String>,
     /// Gatekeeping (`--quarantine-on error`): rows with error findings are held out.
     pub quarantine_on_error: bool,
+    /// List every skipped object in the JSON report (`--report-skipped`, `-v`), not only their
+    /// counts and first examples by reason.
+    pub report_skipped: bool,
 }
 
 impl RunOptions {
@@ -57,6 +60,7 @@ impl RunOptions {
             limits: unpack::Limits::default(),
             profile: None,
             quarantine_on_error: false,
+            report_skipped: false,
         }
     }
 }
@@ -99,7 +103,13 @@ pub(crate) fn open(opts: &RunOptions, writable: bool) -> Result<Context> {
         lake = lake.for_shard(&shard.label());
     }
     let lake: Arc<Lake> = Arc::new(lake);
-    let ledger = Mutex::new(Ledger::load(lake.as_ref())?);
+    // A run (writable) reads the ledger once it holds the lake's lock; reading it here too
+    // would cost a second O(units) load.
+    let ledger = Mutex::new(if writable {
+        Ledger::default()
+    } else {
+        Ledger::load(lake.as_ref())?
+    });
     let decode = decode_options(&pipeline, opts.batch_rows)?;
     let period_offset_secs = parse_offset(&pipeline.partition.period_utc_offset)?;
     let profile_name = opts.profile.as_deref().unwrap_or(&pipeline.profile);

@@ -1,5 +1,8 @@
 //! What a run tells its operator: a human summary on stdout, the same facts as JSON with
-//! `--report FILE`, and the exit code a scheduler alerts on.
+//! `--report FILE`, and the exit code a scheduler alerts on. The JSON lists the objects a run
+//! loaded, rejected or found near-missing, and summarises skipped ones by reason (counts and a
+//! few examples) unless asked to list them (`RunOptions::report_skipped`): a bucket of 50,000
+//! objects of which 20 changed makes a report of 20 objects, not 50,000.
 
 use serde::Serialize;
 
@@ -194,7 +197,87 @@ impl LakeGap {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Skipped objects listed by reason in a report: at most this many examples per reason...
+pub const SKIP_EXAMPLES: usize = 5;
+/// ...and at most this many reasons (any further ones are counted under [`OTHER_REASONS`]).
+pub const SKIP_REASONS: usize = 32;
+pub const OTHER_REASONS: &str = "other reasons";
+
+/// The objects a run skipped (near misses aside: those are always listed), by reason: what the
+/// JSON report holds of them unless `--report-skipped`, so its size follows the work done, not
+/// the bucket.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SkipSummary {
+    pub count: u64,
+    /// Whether they are listed in `objects` too (`--report-skipped` / `-v`).
+    pub listed: bool,
+    /// By the reason's kind (its words before the object or snapshot it names), sorted.
+    pub by_reason: Vec<SkipReason>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SkipReason {
+    pub reason: String,
+    pub count: u64,
+    /// The first few objects skipped for it (in listing order), with their whole reason.
+    pub examples: Vec<SkipExample>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SkipExample {
+    pub key: String,
+    pub reason: String,
+}
+
+/// A skip reason's kind: what precedes `:`, ` by ` or ` (`, which name the object or snapshot.
+pub fn skip_kind(reason: &str) -> &str {
+    [":", " by ", " ("]
+        .iter()
+        .filter_map(|sep| reason.find(sep))
+        .min()
+        .map_or(reason, |end| &reason[..end])
+}
+
+/// Skipped objects that the JSON report summarises rather than lists.
+fn summarised(o: &ObjectReport) -> bool {
+    o.outcome == Outcome::Skip && !o.near_miss
+}
+
+impl SkipSummary {
+    fn of(objects: &[ObjectReport], listed: bool) -> SkipSummary {
+        let mut by: std::collections::BTreeMap<&str, SkipReason> = Default::default();
+        let mut count = 0;
+        for o in objects.iter().filter(|o| summarised(o)) {
+            count += 1;
+            let mut kind = skip_kind(&o.reason);
+            if !by.contains_key(kind) && by.len() >= SKIP_REASONS {
+                kind = OTHER_REASONS;
+            }
+            let r = by.entry(kind).or_insert_with(|| SkipReason {
+                reason: kind.to_string(),
+                count: 0,
+                examples: Vec::new(),
+            });
+            r.count += 1;
+            if r.examples.len() < SKIP_EXAMPLES {
+                r.examples.push(SkipExample {
+                    key: o.key.clone(),
+                    reason: o.reason.clone(),
+                });
+            }
+        }
+        SkipSummary {
+            count,
+            listed,
+            by_reason: by.into_values().collect(),
+        }
+    }
+}
+
+/// A run's report. In memory it holds every object (the human summary lists skipped ones with
+/// `-v`); its JSON lists skipped objects only when `report_skipped` (or for `plan`, whose point
+/// is what happens to each object), and summarises them in `skipped` always.
+#[derive(Debug, Clone)]
 pub struct RunReport {
     pub command: String,
     pub billpipe_version: String,
@@ -205,13 +288,61 @@ pub struct RunReport {
     pub seconds: f64,
     pub objects: Vec<ObjectReport>,
     pub totals: Totals,
+    /// Skipped objects by reason (set by [`RunReport::compute_totals`]).
+    pub skipped: SkipSummary,
+    /// List every skipped object in the JSON too (`RunOptions::report_skipped`).
+    pub report_skipped: bool,
     /// Units whose loaded snapshot lacks held-out rows, after this run (money not in the lake).
     pub lake_gaps: Vec<LakeGap>,
     /// Set when the run itself failed (listing, writing the lake, ...).
     pub error: Option<String>,
     /// The process's exit code, in reports of runs that failed before they started.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+}
+
+/// The JSON form of a [`RunReport`].
+#[derive(Serialize)]
+struct RunReportJson<'a> {
+    command: &'a str,
+    billpipe_version: &'a str,
+    source: &'a str,
+    dest: &'a str,
+    pipeline: &'a str,
+    started_at: &'a str,
+    seconds: f64,
+    objects: Vec<&'a ObjectReport>,
+    totals: &'a Totals,
+    skipped: &'a SkipSummary,
+    lake_gaps: &'a [LakeGap],
+    error: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+}
+
+impl Serialize for RunReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let all = self.lists_skipped();
+        RunReportJson {
+            command: &self.command,
+            billpipe_version: &self.billpipe_version,
+            source: &self.source,
+            dest: &self.dest,
+            pipeline: &self.pipeline,
+            started_at: &self.started_at,
+            seconds: self.seconds,
+            objects: self
+                .objects
+                .iter()
+                .filter(|o| all || !summarised(o))
+                .collect(),
+            totals: &self.totals,
+            skipped: &self.skipped,
+            lake_gaps: &self.lake_gaps,
+            error: &self.error,
+            exit_code: self.exit_code,
+        }
+        .serialize(s)
+    }
 }
 
 impl RunReport {
@@ -237,6 +368,12 @@ impl RunReport {
             t.bytes_written += o.bytes_written;
         }
         self.totals = t;
+        self.skipped = SkipSummary::of(&self.objects, self.lists_skipped());
+    }
+
+    /// Whether the JSON lists skipped objects (see [`RunReport`]).
+    fn lists_skipped(&self) -> bool {
+        self.report_skipped || self.command == "plan"
     }
 
     /// Non-zero while money may be missing from the lake: objects rejected, rows held out (in
@@ -275,12 +412,7 @@ impl RunReport {
             if o.outcome == Outcome::Skip && !verbose && self.command != "plan" && !o.near_miss {
                 // Grouped by the reason's kind: what follows `:`, ` by ` or ` (` names the
                 // object or snapshot, which -v lists.
-                let why = [":", " by ", " ("]
-                    .iter()
-                    .filter_map(|sep| o.reason.find(sep))
-                    .min()
-                    .map_or(o.reason.as_str(), |end| &o.reason[..end]);
-                *quiet_skips.entry(why).or_default() += 1;
+                *quiet_skips.entry(skip_kind(&o.reason)).or_default() += 1;
                 continue;
             }
             let tag = match o.outcome {

@@ -12,7 +12,7 @@
 //!    (atomic rename / PUT), so readers see the old snapshot or the new one, never both;
 //! 2. the quarantine file of the unit is published (or the old one removed);
 //! 3. files of the previous snapshot in partitions the new one no longer touches are removed;
-//! 4. the ledger is rewritten.
+//! 4. the unit's ledger entry is written (one new journal object, see `state::ledger`).
 //!
 //! A crash before 1 leaves the lake as it was (staging is cleared by the next run); a crash
 //! after 1 leaves whole new files in place and the old ledger entry, so the next run reloads
@@ -24,6 +24,10 @@
 //! left without a ledger entry. Only what concerns the whole lake stops the run: listing, the
 //! ledger write, a lost lock (the lake refuses writes then), or a failure after a previous file
 //! of the unit was already replaced — the crash case above.
+//!
+//! At its end, a run folds the ledger's journal into its base when the journal outgrew its
+//! bound (`Ledger::wants_compaction`), still holding the lock; a failure there is logged, not
+//! the run's: the ledger is whole either way.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -34,7 +38,9 @@ use crate::job::commit::{commit, object_failure};
 pub use crate::job::context::RunOptions;
 use crate::job::context::{lock_ledger, open, Context};
 use crate::job::load::{check_shrink, read_snapshot};
-use crate::job::report::{LakeGap, ObjectReport, Outcome, RunReport, StageSeconds, Totals};
+use crate::job::report::{
+    LakeGap, ObjectReport, Outcome, RunReport, SkipSummary, StageSeconds, Totals,
+};
 use crate::state::classify::BillFile;
 use crate::state::ledger::Ledger;
 use crate::state::lock;
@@ -63,6 +69,8 @@ fn new_report(command: &str, opts: &RunOptions) -> RunReport {
         seconds: 0.0,
         objects: Vec::new(),
         totals: Totals::default(),
+        skipped: SkipSummary::default(),
+        report_skipped: opts.report_skipped,
         lake_gaps: Vec::new(),
         error: None,
         exit_code: None,
@@ -147,8 +155,8 @@ pub fn run_with_progress(
     report.pipeline = ctx.pipeline.origin.clone();
     let waited = Instant::now();
     let _lock = lock::acquire(ctx.lake.clone(), "run", &opts.lock)?;
-    // Another run may have committed between opening and locking: plan from the latest ledger,
-    // and from a fresh listing if we waited for the lock.
+    // The ledger is read once the lock is held (another run may have committed until then),
+    // and the source listed again if we waited for the lock.
     *lock_ledger(&ctx.ledger)? = Ledger::load(ctx.lake.as_ref())?;
     if waited.elapsed() > std::time::Duration::from_secs(2) {
         ctx.listing = ctx.source.list()?;
@@ -283,7 +291,22 @@ pub fn run_with_progress(
         .into_inner()
         .map_err(|_| Error::Internal("a job panicked".into()))?;
     report.error = failure.into_inner().ok().flatten();
-    report.lake_gaps = LakeGap::find(&*lock_ledger(&ctx.ledger)?, |m| opts.plan.in_range(m));
+    {
+        let mut ledger = lock_ledger(&ctx.ledger)?;
+        // Only a whole-lake run compacts: a shard holds its own lock only, and compaction
+        // rewrites what every shard reads.
+        if ctx.lake.scope().is_none() && ledger.wants_compaction() {
+            match ledger.compact(ctx.lake.as_ref()) {
+                Ok(c) => tracing::info!(
+                    "ledger compacted: {} journal entries folded into a base of {}",
+                    c.folded,
+                    c.base_entries
+                ),
+                Err(e) => tracing::warn!("compacting the ledger failed (it stays whole): {e}"),
+            }
+        }
+        report.lake_gaps = LakeGap::find(&ledger, |m| opts.plan.in_range(m));
+    }
     report.seconds = start.elapsed().as_secs_f64();
     report.compute_totals();
     Ok(report)

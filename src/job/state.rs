@@ -1,8 +1,9 @@
-//! `billpipe state` and `state reset`: the ledger of a lake, read, and units marked for reload.
+//! `billpipe state`, `state reset` and `state compact`: the ledger of a lake, read; units marked
+//! for reload; its journal folded into its base.
 
 use std::sync::Arc;
 
-use crate::state::ledger::{Ledger, LedgerEntry};
+use crate::state::ledger::{Compaction, Ledger, LedgerEntry};
 use crate::state::lock::{self, LockOptions};
 use crate::store::lake::{self, Lake};
 use crate::store::s3::{S3Context, S3Options};
@@ -44,13 +45,24 @@ pub fn state_reset(
     let _lock = lock::acquire(lake.clone(), "state reset", lock)?;
     let mut ledger = Ledger::load(lake.as_ref())?;
     let chosen = reset_candidates(&ledger, filter);
+    // One journal entry per unit (the reset mark), not a rewrite of the ledger.
     for e in &chosen {
-        if let Some(entry) = ledger.units.get_mut(&e.unit.to_string()) {
-            entry.reset = true;
-        }
-    }
-    if !chosen.is_empty() {
-        ledger.save(lake.as_ref())?;
+        ledger.append(
+            lake.as_ref(),
+            LedgerEntry {
+                reset: true,
+                ..e.clone()
+            },
+        )?;
     }
     Ok(chosen)
+}
+
+/// `billpipe state compact`: folds the ledger's journal into its base now, whatever its size
+/// (runs do it at their end once the journal outgrew its bound). Takes the lake's lock.
+pub fn state_compact(dest: &str, s3: &S3Options, lock: &LockOptions) -> Result<Compaction> {
+    let lake: Arc<Lake> = Arc::from(lake::open(dest, true, || S3Context::connect(s3))?);
+    let _lock = lock::acquire(lake.clone(), "state compact", lock)?;
+    let mut ledger = Ledger::load(lake.as_ref())?;
+    ledger.compact(lake.as_ref())
 }

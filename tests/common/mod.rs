@@ -69,6 +69,25 @@ pub fn run_job(source: &str, dest: &str, extra: &[&str]) -> (Output, serde_json:
     (out, json)
 }
 
+/// The report's entry for `key`: listed in `objects`, or, for an object skipped and only
+/// summarised (no `--report-skipped`), its example in the skip summary as `{key, outcome:
+/// "skip", reason}`. `None` if neither has it.
+pub fn report_object(report: &serde_json::Value, key: &str) -> Option<serde_json::Value> {
+    if let Some(o) = report["objects"]
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["key"] == key))
+    {
+        return Some(o.clone());
+    }
+    report["skipped"]["by_reason"]
+        .as_array()?
+        .iter()
+        .filter_map(|r| r["examples"].as_array())
+        .flatten()
+        .find(|e| e["key"] == key)
+        .map(|e| serde_json::json!({"key": key, "outcome": "skip", "reason": e["reason"]}))
+}
+
 /// (rows, exact BilledCost sum) per (billing_period, billing_account_id) partition.
 pub type Sums = BTreeMap<(String, String), (u64, Decimal)>;
 
