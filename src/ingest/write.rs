@@ -76,13 +76,21 @@ pub struct WriteOptions {
 }
 
 impl Default for WriteOptions {
+    /// 16 open writers and a 64 MiB budget, unless `BILLPIPE_WRITE_OPEN` (writers) or
+    /// `BILLPIPE_WRITE_BUDGET` (bytes) say otherwise: knobs for tests and measurements.
     fn default() -> Self {
+        let env = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
         WriteOptions {
             zstd_level: 3,
             row_group_rows: 122_880,
             max_partitions: 100_000,
-            open_writers: 16,
-            memory_budget: 64 << 20,
+            open_writers: env("BILLPIPE_WRITE_OPEN", 16),
+            memory_budget: env("BILLPIPE_WRITE_BUDGET", 64 << 20),
         }
     }
 }
