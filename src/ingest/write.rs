@@ -9,17 +9,9 @@
 //! Parquet settings: zstd, page-level statistics, row groups of 122,880 rows (DuckDB's default,
 //! so the two compare like for like); FOCUS column names as they are.
 //!
-//! Partition values come from the rows, so any text must make a safe path segment. The account
-//! is Hive-escaped (`%XX` for every byte but `A-Z a-z 0-9 - _ .`, as billpipe always did, so
-//! existing lakes keep their paths). An escaped value over [`MAX_PARTITION_VALUE_BYTES`] (which
-//! would break the 255-byte file-name limit: a 300-character id, 90 CJK characters) becomes its
-//! longest escaped prefix of whole characters that fits, then `~`, then 32 hex digits of a
-//! 128-bit FNV-1a hash of the whole value (see [`partition_value`]). Escaping never produces
-//! `~`, so a capped folder cannot collide with an uncapped one, and the hash tells long values
-//! with the same prefix apart. The folder is then not reversible by itself: the row's
-//! `BillingAccountId` column always holds the full value, and is what readers should group by.
-//! Two values of one snapshot that would share a folder are rejected, never merged.
-
+//! Partition values come from the rows; [`crate::partition`] makes them safe path segments
+//! (Hive-escaped, capped with a hash when too long). Two values of one snapshot that would share
+//! a folder are rejected, never merged.
 //!
 //! Memory does not grow with the number of partitions nor with the file. The first
 //! [`WriteOptions::open_writers`] partitions of a snapshot stream into their own Parquet writer
@@ -40,23 +32,20 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{
     Array, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
 };
-use arrow_ipc::reader::FileReader;
-use arrow_ipc::writer::FileWriter;
 use arrow_schema::SchemaRef;
-use arrow_select::concat::concat_batches;
-use arrow_select::interleave::interleave_record_batch;
 use arrow_select::take::take_record_batch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::ingest::decode::year_month_from_days;
+use crate::ingest::runs::{write_run, Merge, Run};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
 
@@ -118,16 +107,6 @@ struct Partition {
     /// Its streaming writer; `None` for a partition whose rows go through run files.
     direct: Option<Part>,
 }
-
-/// A run file: rows of the partitions without an open writer, sorted by partition.
-struct Run {
-    path: PathBuf,
-    /// The partition (index into `parts`) of each batch of the file, in file order.
-    batches: Vec<u32>,
-}
-
-/// Rows per batch written to a run file.
-const RUN_BATCH_ROWS: usize = 8192;
 
 /// Writes the batches of one snapshot, split by partition.
 pub struct PartitionedWriter {
@@ -382,19 +361,13 @@ impl PartitionedWriter {
         if self.held.is_empty() {
             return Ok(());
         }
-        let mut order: Vec<(u32, usize, usize)> = Vec::new();
-        for (b, (_, ids)) in self.held.iter().enumerate() {
-            order.extend(ids.iter().enumerate().map(|(r, &id)| (id, b, r)));
-        }
-        // (partition, batch, row): rows of a partition keep their order.
-        order.sort_unstable();
         let path = self
             .staging
             .join(format!("run-{}.arrow.tmp", next_file_number()));
         tracing::debug!(
-            "{}: spilling {} rows ({} bytes) to {}",
+            "{}: spilling {} batches ({} bytes) to {}",
             self.stem,
-            order.len(),
+            self.held.len(),
             self.held_bytes,
             path.display()
         );
@@ -404,25 +377,7 @@ impl PartitionedWriter {
             path,
             batches: Vec::new(),
         });
-        let mut w = FileWriter::try_new_buffered(file, &self.schema)?;
-        let held: Vec<&RecordBatch> = self.held.iter().map(|(b, _)| b).collect();
-        let mut batches = Vec::new();
-        let mut indices = Vec::with_capacity(RUN_BATCH_ROWS);
-        for chunk in order.chunks(RUN_BATCH_ROWS) {
-            indices.clear();
-            indices.extend(chunk.iter().map(|&(_, b, r)| (b, r)));
-            let sorted = interleave_record_batch(&held, &indices)?;
-            // One batch per partition in the chunk.
-            let mut start = 0;
-            while start < chunk.len() {
-                let id = chunk[start].0;
-                let len = chunk[start..].iter().take_while(|t| t.0 == id).count();
-                w.write(&sorted.slice(start, len))?;
-                batches.push(id);
-                start += len;
-            }
-        }
-        w.finish()?;
+        let batches = write_run(file, &self.schema, &self.held)?;
         if let Some(run) = self.runs.last_mut() {
             run.batches = batches;
         }
@@ -456,59 +411,12 @@ impl PartitionedWriter {
                 out.push(close(p.key.clone(), part)?);
             }
         }
-        let mut spilled = vec![false; self.parts.len()];
-        let mut readers = Vec::with_capacity(self.runs.len());
-        for run in &self.runs {
-            let file = File::open(&run.path).map_err(|e| Error::io(&run.path, e))?;
-            let reader = FileReader::try_new(BufReader::with_capacity(1 << 16, file), None)?;
-            if reader.num_batches() != run.batches.len() {
-                return Err(Error::Rejected(format!(
-                    "run file {} holds {} batches, not the {} written",
-                    run.path.display(),
-                    reader.num_batches(),
-                    run.batches.len()
-                )));
-            }
-            for &id in &run.batches {
-                spilled[id as usize] = true;
-            }
-            readers.push((reader, run.batches.iter().copied().peekable()));
-        }
-        // A merge: every run is in partition order, so each is read once, front to back.
-        for (id, _) in spilled.iter().enumerate().filter(|(_, s)| **s) {
-            let id = id as u32;
+        let mut merge = Merge::open(&self.runs)?;
+        // Each run is in partition order: partitions in ascending order read each once.
+        for id in std::mem::take(&mut merge.partitions) {
             let mut part = self.open_part()?;
-            let mut pending: Vec<RecordBatch> = Vec::new();
-            let mut pending_rows = 0;
-            let mut written = Ok(());
-            'runs: for (reader, ids) in &mut readers {
-                while ids.next_if_eq(&id).is_some() {
-                    let batch = match reader.next() {
-                        Some(Ok(batch)) => batch,
-                        Some(Err(e)) => {
-                            written = Err(e.into());
-                            break 'runs;
-                        }
-                        None => {
-                            written = Err(Error::Rejected("a run file ended early".into()));
-                            break 'runs;
-                        }
-                    };
-                    pending_rows += batch.num_rows();
-                    pending.push(batch);
-                    if pending_rows >= RUN_BATCH_ROWS {
-                        written =
-                            write_pending(&mut part, self.cost_col, &self.schema, &mut pending);
-                        pending_rows = 0;
-                        if written.is_err() {
-                            break 'runs;
-                        }
-                    }
-                }
-            }
-            if written.is_ok() {
-                written = write_pending(&mut part, self.cost_col, &self.schema, &mut pending);
-            }
+            let cost_col = self.cost_col;
+            let written = merge.read(id, &self.schema, |b| write_counted(&mut part, cost_col, b));
             if let Err(e) = written {
                 drop(part.writer);
                 let _ = std::fs::remove_file(&part.staged);
@@ -550,21 +458,6 @@ impl Drop for PartitionedWriter {
 fn next_file_number() -> u64 {
     static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Writes the batches read back for a partition as one, then forgets them.
-fn write_pending(
-    part: &mut Part,
-    cost_col: Option<usize>,
-    schema: &SchemaRef,
-    pending: &mut Vec<RecordBatch>,
-) -> Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let batch = concat_batches(schema, pending.iter())?;
-    pending.clear();
-    write_counted(part, cost_col, &batch)
 }
 
 /// Writes a batch into a partition file, counting its rows and BilledCost.
@@ -621,197 +514,5 @@ fn sum_decimal(col: Option<&Decimal128Array>) -> Result<i128> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-    use std::sync::Arc;
-
-    use arrow_schema::{DataType, Field, Schema, TimeUnit};
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
-    fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new(
-                "BillingPeriodStart",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new("BillingAccountId", DataType::Utf8, false),
-            Field::new("BilledCost", DataType::Decimal128(38, 10), true),
-            Field::new("Row", DataType::UInt32, false),
-        ]))
-    }
-
-    const DAY: i64 = 86_400_000_000;
-    // 2025-11-01 and 2025-12-01, UTC.
-    const NOV: i64 = 20_393 * DAY;
-    const DEC: i64 = 20_423 * DAY;
-
-    /// Rows of 50 accounts interleaved, 10 of them in two months; batches of various sizes.
-    fn input() -> Vec<RecordBatch> {
-        let mut out = Vec::new();
-        let mut row = 0u32;
-        for size in [1usize, 7, 300, 64, 1000, 3, 500, 2000, 50] {
-            let mut periods = Vec::new();
-            let mut accounts = Vec::new();
-            let mut costs = Vec::new();
-            let mut rows = Vec::new();
-            for _ in 0..size {
-                let account = (row * 7 + row / 13) % 50;
-                periods.push(if account.is_multiple_of(5) && row.is_multiple_of(2) {
-                    DEC
-                } else {
-                    NOV
-                });
-                accounts.push(format!("acct-{account:03}"));
-                costs.push((row % 11 != 3).then(|| (row as i128 * 1_234_567_891) - 50_000));
-                rows.push(row);
-                row += 1;
-            }
-            out.push(
-                RecordBatch::try_new(
-                    schema(),
-                    vec![
-                        Arc::new(TimestampMicrosecondArray::from(periods).with_timezone("UTC")),
-                        Arc::new(StringArray::from(accounts)),
-                        Arc::new(
-                            Decimal128Array::from(costs)
-                                .with_precision_and_scale(38, 10)
-                                .unwrap(),
-                        ),
-                        Arc::new(UInt32Array::from(rows)),
-                    ],
-                )
-                .unwrap(),
-            );
-        }
-        out
-    }
-
-    /// (period, account) -> (rows, BilledCost, row numbers in order)
-    type Sums = BTreeMap<(String, String), (u64, i128, Vec<u32>)>;
-
-    fn sums_of(batches: &[RecordBatch]) -> Sums {
-        let mut sums = Sums::new();
-        for b in batches {
-            let col = |i: usize| b.column(i).as_any();
-            let p = col(0).downcast_ref::<TimestampMicrosecondArray>().unwrap();
-            let a = col(1).downcast_ref::<StringArray>().unwrap();
-            let c = col(2).downcast_ref::<Decimal128Array>().unwrap();
-            let r = col(3).downcast_ref::<UInt32Array>().unwrap();
-            for i in 0..b.num_rows() {
-                let month = if p.value(i) == DEC {
-                    "2025-12"
-                } else {
-                    "2025-11"
-                };
-                let e = sums
-                    .entry((month.to_string(), a.value(i).to_string()))
-                    .or_default();
-                e.0 += 1;
-                e.1 += if c.is_null(i) { 0 } else { c.value(i) };
-                e.2.push(r.value(i));
-            }
-        }
-        sums
-    }
-
-    fn files(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn writer(dir: &Path, open_writers: usize, memory_budget: usize) -> PartitionedWriter {
-        let options = WriteOptions {
-            open_writers,
-            memory_budget,
-            row_group_rows: 100,
-            ..WriteOptions::default()
-        };
-        PartitionedWriter::new(
-            dir,
-            "test",
-            schema(),
-            "BillingPeriodStart",
-            "BillingAccountId",
-            0,
-            options,
-        )
-        .unwrap()
-    }
-
-    /// Every partition file holds exactly its rows, in input order, with the sums the writer
-    /// reports, whatever the budget and the number of open writers.
-    #[test]
-    fn every_partition_is_exact_through_run_files() {
-        let input = input();
-        let expected = sums_of(&input);
-        assert_eq!(expected.len(), 60, "50 accounts, 10 of them in two months");
-        for (open, budget) in [(2, 4096), (2, 1), (0, 64 << 10), (16, 64 << 20), (100, 1)] {
-            let dir = tempfile::tempdir().unwrap();
-            let mut w = writer(dir.path(), open, budget);
-            for b in &input {
-                w.write(b).unwrap();
-            }
-            if budget < 1 << 20 && open < 60 {
-                assert!(w.runs.len() > 1, "{open} {budget}: spilled");
-            }
-            let parts = w.finish().unwrap();
-            assert_eq!(parts.len(), expected.len());
-            let mut got = Sums::new();
-            for part in &parts {
-                let file = File::open(&part.staged).unwrap();
-                let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .unwrap()
-                    .build()
-                    .unwrap()
-                    .map(|b| b.unwrap())
-                    .collect();
-                let sums = sums_of(&batches);
-                assert_eq!(sums.len(), 1, "one partition per file");
-                let (key, value) = sums.into_iter().next().unwrap();
-                let p = &part.partition;
-                assert_eq!(key, (p.period.clone(), p.account.clone()));
-                assert_eq!((part.rows, part.billed_cost), (value.0, value.1));
-                got.insert(key, value);
-            }
-            assert_eq!(got, expected, "open writers {open}, budget {budget}");
-            let left: Vec<String> = files(dir.path())
-                .into_iter()
-                .filter(|f| !f.starts_with("part-"))
-                .collect();
-            assert!(left.is_empty(), "run files left: {left:?}");
-        }
-    }
-
-    #[test]
-    fn abandon_and_drop_remove_run_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = writer(dir.path(), 2, 1);
-        for b in input() {
-            w.write(&b).unwrap();
-        }
-        assert!(files(dir.path()).iter().any(|f| f.starts_with("run-")));
-        w.abandon();
-        assert_eq!(files(dir.path()), Vec::<String>::new());
-        let mut w = writer(dir.path(), 0, 1);
-        w.write(&input()[2]).unwrap();
-        drop(w);
-        assert_eq!(files(dir.path()), Vec::<String>::new());
-    }
-
-    #[test]
-    fn the_partition_limit_rejects() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = writer(dir.path(), 2, 1);
-        w.options.max_partitions = 10;
-        let err = input().iter().try_for_each(|b| w.write(b)).unwrap_err();
-        assert!(err.to_string().contains("more than 10 partitions"), "{err}");
-        w.abandon();
-        assert_eq!(files(dir.path()), Vec::<String>::new());
-    }
-}
+#[path = "write_tests.rs"]
+mod tests;
