@@ -260,6 +260,11 @@ struct GenerateArgs {
     /// With --format detail: Chinese headers and values (a zh_cn file, with a BOM)
     #[arg(long)]
     zh: bool,
+    /// A reseller's consolidated bill (--account is the reseller): this many customers' detail
+    /// bills interleaved in one zip, --rows-per-day rows per customer; prints each customer's
+    /// totals
+    #[arg(long, conflicts_with = "target_mb")]
+    customers: Option<u32>,
 }
 
 fn parse_month(s: &str) -> std::result::Result<String, String> {
@@ -1055,6 +1060,22 @@ fn generate(args: GenerateArgs) -> Result<i32> {
         let bytes_per_row = (stats.bytes / stats.rows.max(1)).max(1);
         let days = args.through_day.unwrap_or(30) as u64;
         opts.rows_per_day = (mb * 1_000_000 / bytes_per_row / days.max(1)).max(1);
+    }
+    if let Some(count) = args.customers {
+        let name = generate::consolidated_object_name(&args.account, &args.month, args.seed)?;
+        let path = args.out_dir.join(name);
+        let stats = generate::write_consolidated_zip(&opts, &generate::customer_ids(count), &path)?;
+        outln!(
+            "{}: {} rows, {} CSV bytes",
+            path.display(),
+            stats.rows,
+            stats.bytes
+        );
+        for (c, s) in &stats.customers {
+            let sum = generate::format_e8(s.billed_cost_e8);
+            outln!("customer {c}: {} rows, BilledCost sum {sum}", s.rows);
+        }
+        return Ok(0);
     }
     if args.format == "detail" {
         let period = match args.through_day {

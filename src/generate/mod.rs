@@ -15,9 +15,14 @@
 use crate::values::{days_from_civil, format_decimal, year_month_from_days, Month};
 use crate::{Error, Result};
 
+mod consolidated;
 mod detail;
 mod focus;
 
+pub use consolidated::{
+    consolidated_object_name, customer_ids, write_consolidated_csv, write_consolidated_zip,
+    ConsolidatedStats,
+};
 pub use detail::{write_detail_csv, DetailStats, DETAIL_HEADER};
 pub use focus::{write_focus_csv, HEADER};
 

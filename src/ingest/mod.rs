@@ -1,8 +1,10 @@
 //! Reading one object: its bytes streamed (`fetch`), unpacked (`unpack`), decoded into typed
-//! Arrow batches (`decode`) and written as partitioned Parquet (`write`).
+//! Arrow batches (`decode`) and written as partitioned Parquet (`write`, through run files (`runs`) when a snapshot
+//! spreads over many partitions).
 
 pub mod decode;
 pub mod fetch;
 pub mod pipeline;
+mod runs;
 pub mod unpack;
 pub mod write;

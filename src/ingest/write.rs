@@ -9,18 +9,28 @@
 //! Parquet settings: zstd, page-level statistics, row groups of 122,880 rows (DuckDB's default,
 //! so the two compare like for like); FOCUS column names as they are.
 //!
-//! Partition values come from the rows, so any text must make a safe path segment. The account
-//! is Hive-escaped (`%XX` for every byte but `A-Z a-z 0-9 - _ .`, as billpipe always did, so
-//! existing lakes keep their paths). An escaped value over [`MAX_PARTITION_VALUE_BYTES`] (which
-//! would break the 255-byte file-name limit: a 300-character id, 90 CJK characters) becomes its
-//! longest escaped prefix of whole characters that fits, then `~`, then 32 hex digits of a
-//! 128-bit FNV-1a hash of the whole value (see [`partition_value`]). Escaping never produces
-//! `~`, so a capped folder cannot collide with an uncapped one, and the hash tells long values
-//! with the same prefix apart. The folder is then not reversible by itself: the row's
-//! `BillingAccountId` column always holds the full value, and is what readers should group by.
-//! Two values of one snapshot that would share a folder are rejected, never merged.
+//! Partition values come from the rows; [`crate::partition`] makes them safe path segments
+//! (Hive-escaped, capped with a hash when too long). Two values of one snapshot that would share
+//! a folder are rejected, never merged.
+//!
+//! Memory does not grow with the number of partitions nor with the file. The first
+//! [`WriteOptions::open_writers`] partitions of a snapshot stream into their own Parquet writer
+//! (a bill of one account, or of a few, is written as it is read, as fast as ever); if those
+//! writers together hold more than [`WriteOptions::memory_budget`] in unfinished row groups, the
+//! largest closes its row group early. Rows of any further partition are held in memory, and
+//! whenever they pass the same budget they are sorted by partition and spilled to a run file in
+//! the staging folder (Arrow IPC, batches in partition order; the writer keeps which partition
+//! each batch holds). `finish` then writes those partitions one at a time, reading every run
+//! file once, front to back, side by side (a merge: each run is in partition order), so at most
+//! one extra Parquet writer is open. Run files are removed at the end, on `abandon`, and when
+//! the writer is dropped. Rows and BilledCost of every file are summed from the batches that
+//! go into the Parquet writer itself, after the spill and read-back, so `run`'s check of these
+//! sums against the decoder's tally catches a row lost or doubled anywhere on the way.
+//!
+//! A snapshot may spread over at most [`WriteOptions::max_partitions`] partitions (100,000: a
+//! safety limit against a wrong partition column, not a memory bound).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -34,7 +44,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
-use crate::ingest::decode::{days_from_civil, year_month_from_days};
+use crate::ingest::decode::year_month_from_days;
+use crate::ingest::runs::{write_run, Merge, Run};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
 
@@ -42,16 +53,33 @@ use crate::{Error, Result};
 pub struct WriteOptions {
     pub zstd_level: i32,
     pub row_group_rows: usize,
-    /// A snapshot spreading over more partitions than this is rejected (bounds open writers).
+    /// A snapshot spreading over more partitions than this is rejected: a safety limit (a wrong
+    /// partition column would otherwise make a file per row), not a memory bound.
     pub max_partitions: usize,
+    /// Partitions written straight to their own Parquet writer as rows arrive (the first ones
+    /// seen); rows of the others go through memory and run files.
+    pub open_writers: usize,
+    /// Bytes of Arrow data held for partitions without an open writer before they are spilled
+    /// to a run file; also the most the open writers may hold in unfinished row groups.
+    pub memory_budget: usize,
 }
 
 impl Default for WriteOptions {
+    /// 16 open writers and a 64 MiB budget, unless `BILLPIPE_WRITE_OPEN` (writers) or
+    /// `BILLPIPE_WRITE_BUDGET` (bytes) say otherwise: knobs for tests and measurements.
     fn default() -> Self {
+        let env = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
         WriteOptions {
             zstd_level: 3,
             row_group_rows: 122_880,
-            max_partitions: 512,
+            max_partitions: 100_000,
+            open_writers: env("BILLPIPE_WRITE_OPEN", 16),
+            memory_budget: env("BILLPIPE_WRITE_BUDGET", 64 << 20),
         }
     }
 }
@@ -74,6 +102,12 @@ struct Part {
     billed_cost: i128,
 }
 
+struct Partition {
+    key: PartitionKey,
+    /// Its streaming writer; `None` for a partition whose rows go through run files.
+    direct: Option<Part>,
+}
+
 /// Writes the batches of one snapshot, split by partition.
 pub struct PartitionedWriter {
     staging: PathBuf,
@@ -85,7 +119,17 @@ pub struct PartitionedWriter {
     account_col: usize,
     cost_col: Option<usize>,
     period_offset_micros: i64,
-    parts: BTreeMap<PartitionKey, Part>,
+    /// Every partition of the snapshot, in the order first seen.
+    parts: Vec<Partition>,
+    /// account -> (year * 12 + month - 1, index into `parts`)
+    ids: HashMap<String, Vec<(i64, u32)>>,
+    /// Partition folders, to reject two values that would share one.
+    dirs: HashMap<String, u32>,
+    open: usize,
+    /// Rows waiting for a run file, with the partition of each row.
+    held: Vec<(RecordBatch, Vec<u32>)>,
+    held_bytes: usize,
+    runs: Vec<Run>,
 }
 
 impl PartitionedWriter {
@@ -120,37 +164,98 @@ impl PartitionedWriter {
             props,
             options,
             period_offset_micros: period_offset_secs * 1_000_000,
-            parts: BTreeMap::new(),
+            parts: Vec::new(),
+            ids: HashMap::new(),
+            dirs: HashMap::new(),
+            open: 0,
+            held: Vec::new(),
+            held_bytes: 0,
+            runs: Vec::new(),
         })
     }
 
-    fn partition_of(
-        &self,
-        periods: &TimestampMicrosecondArray,
-        accounts: &StringArray,
-        row: usize,
-    ) -> PartitionKey {
-        let micros = periods.value(row) + self.period_offset_micros;
-        let (y, m) = year_month_from_days(micros.div_euclid(86_400_000_000));
-        PartitionKey {
-            period: format!("{y:04}-{m:02}"),
-            account: accounts.value(row).to_string(),
+    /// The partition month of a period value, as year * 12 + month - 1.
+    fn month_of(&self, micros: i64) -> i64 {
+        let (y, m) =
+            year_month_from_days((micros + self.period_offset_micros).div_euclid(86_400_000_000));
+        y * 12 + m as i64 - 1
+    }
+
+    /// The index of the partition (month, account), added when new.
+    fn id_of(&mut self, month: i64, account: &str) -> Result<u32> {
+        if let Some(months) = self.ids.get(account) {
+            if let Some((_, id)) = months.iter().find(|(m, _)| *m == month) {
+                return Ok(*id);
+            }
+        }
+        if self.parts.len() >= self.options.max_partitions {
+            return Err(Error::rejected(format!(
+                "rows spread over more than {} partitions (a safety limit: is the partition column right?)",
+                self.options.max_partitions
+            )));
+        }
+        let key = PartitionKey {
+            period: format!(
+                "{:04}-{:02}",
+                month.div_euclid(12),
+                month.rem_euclid(12) + 1
+            ),
+            account: account.to_string(),
+        };
+        let id = self.parts.len() as u32;
+        let dir = key.dir();
+        if let Some(&other) = self.dirs.get(&dir) {
+            return Err(Error::rejected(format!(
+                "partition values {:?} and {:?} would share the folder {dir}",
+                self.parts[other as usize].key.account, key.account
+            )));
+        }
+        let direct = if self.open < self.options.open_writers {
+            self.open += 1;
+            tracing::debug!("{}: streaming partition {dir}", self.stem);
+            Some(self.open_part()?)
+        } else {
+            None
+        };
+        self.dirs.insert(dir, id);
+        self.ids
+            .entry(account.to_string())
+            .or_default()
+            .push((month, id));
+        self.parts.push(Partition { key, direct });
+        Ok(id)
+    }
+
+    /// A new Parquet file in staging.
+    fn open_part(&self) -> Result<Part> {
+        // Named by a process-wide counter, not by the unit (whose name may be long): the
+        // staging folder is this run's alone, and jobs share it.
+        let staged = self
+            .staging
+            .join(format!("part-{}.parquet.tmp", next_file_number()));
+        let file = File::create(&staged).map_err(|e| Error::io(&staged, e))?;
+        let writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            self.schema.clone(),
+            Some(self.props.clone()),
+        );
+        match writer {
+            Ok(writer) => Ok(Part {
+                staged,
+                writer,
+                rows: 0,
+                billed_cost: 0,
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                Err(e.into())
+            }
         }
     }
 
-    /// [start, end) in UTC microseconds of the partition month holding `micros`.
-    fn month_bounds(&self, micros: i64) -> (i64, i64) {
-        const DAY: i64 = 86_400_000_000;
-        let (y, m) = year_month_from_days((micros + self.period_offset_micros).div_euclid(DAY));
-        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-        (
-            days_from_civil(y, m, 1) * DAY - self.period_offset_micros,
-            days_from_civil(ny, nm, 1) * DAY - self.period_offset_micros,
-        )
-    }
-
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
+        let rows = batch.num_rows();
+        if rows == 0 {
             return Ok(());
         }
         let periods = batch
@@ -163,112 +268,236 @@ impl PartitionedWriter {
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| Error::Config("account column is not a string".into()))?;
-        // Bills are almost always one partition per file: check cheaply before grouping.
-        let first = self.partition_of(periods, accounts, 0);
-        let (start, end) = self.month_bounds(periods.value(0));
-        let same = (0..batch.num_rows()).all(|r| {
-            let p = periods.value(r);
-            p >= start && p < end && accounts.value(r) == first.account
-        });
-        if same {
-            return self.write_part(first, batch);
+        // The partition of every row; a row like the one before it costs no lookup.
+        let mut ids = Vec::with_capacity(rows);
+        let mut last: Option<(i64, usize, u32)> = None;
+        for row in 0..rows {
+            let month = self.month_of(periods.value(row));
+            let id = match last {
+                Some((m, r, id)) if m == month && accounts.value(r) == accounts.value(row) => id,
+                _ => {
+                    let id = self.id_of(month, accounts.value(row))?;
+                    last = Some((month, row, id));
+                    id
+                }
+            };
+            ids.push(id);
         }
-        let mut groups: BTreeMap<PartitionKey, Vec<u32>> = BTreeMap::new();
-        for row in 0..batch.num_rows() {
-            groups
-                .entry(self.partition_of(periods, accounts, row))
-                .or_default()
-                .push(row as u32);
+        // Bills are almost always one partition per file (per batch, at least).
+        if ids.iter().all(|&id| id == ids[0]) {
+            let id = ids[0];
+            return if self.parts[id as usize].direct.is_some() {
+                self.write_direct(id, batch)
+            } else {
+                self.hold(batch.clone(), ids)
+            };
         }
-        for (key, rows) in groups {
+        let mut direct: Vec<(u32, Vec<u32>)> = Vec::new();
+        let mut held_rows = Vec::new();
+        let mut held_ids = Vec::new();
+        for (row, &id) in ids.iter().enumerate() {
+            if self.parts[id as usize].direct.is_some() {
+                match direct.iter_mut().find(|(d, _)| *d == id) {
+                    Some((_, rows)) => rows.push(row as u32),
+                    None => direct.push((id, vec![row as u32])),
+                }
+            } else {
+                held_rows.push(row as u32);
+                held_ids.push(id);
+            }
+        }
+        for (id, rows) in direct {
             let part = take_record_batch(batch, &UInt32Array::from(rows))?;
-            self.write_part(key, &part)?;
+            self.write_direct(id, &part)?;
+        }
+        if !held_rows.is_empty() {
+            let rows = take_record_batch(batch, &UInt32Array::from(held_rows))?;
+            self.hold(rows, held_ids)?;
         }
         Ok(())
     }
 
-    fn write_part(&mut self, key: PartitionKey, batch: &RecordBatch) -> Result<()> {
-        if !self.parts.contains_key(&key) {
-            if self.parts.len() >= self.options.max_partitions {
-                return Err(Error::rejected(format!(
-                    "rows spread over more than {} partitions",
-                    self.options.max_partitions
-                )));
-            }
-            let dir = key.dir();
-            if let Some(other) = self.parts.keys().find(|k| k.dir() == dir) {
-                return Err(Error::rejected(format!(
-                    "partition values {:?} and {:?} would share the folder {dir}",
-                    other.account, key.account
-                )));
-            }
-            // Named by a process-wide counter, not by the unit (whose name may be long): the
-            // staging folder is this run's alone, and jobs share it.
-            static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let staged = self.staging.join(format!("part-{n}.parquet.tmp"));
-            tracing::debug!(
-                "{}: staging partition {dir} in {}",
-                self.stem,
-                staged.display()
-            );
-            let file = File::create(&staged).map_err(|e| Error::io(&staged, e))?;
-            let writer = ArrowWriter::try_new(
-                BufWriter::with_capacity(1 << 20, file),
-                self.schema.clone(),
-                Some(self.props.clone()),
-            )?;
-            self.parts.insert(
-                key.clone(),
-                Part {
-                    staged,
-                    writer,
-                    rows: 0,
-                    billed_cost: 0,
-                },
-            );
-        }
-        let cost = match self.cost_col {
-            Some(c) => sum_decimal(batch.column(c).as_any().downcast_ref::<Decimal128Array>())?,
-            None => 0,
-        };
-        let part = self
-            .parts
-            .get_mut(&key)
+    fn write_direct(&mut self, id: u32, batch: &RecordBatch) -> Result<()> {
+        let cost_col = self.cost_col;
+        let part = self.parts[id as usize]
+            .direct
+            .as_mut()
             .ok_or_else(|| Error::Config("partition writer vanished".into()))?;
-        part.writer.write(batch)?;
-        part.rows += batch.num_rows() as u64;
-        part.billed_cost = part
-            .billed_cost
-            .checked_add(cost)
-            .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
+        write_counted(part, cost_col, batch)?;
+        // Unfinished row groups of the open writers stay within the budget: the largest
+        // closes its row group early when they do not.
+        let mut total = 0;
+        let mut largest: Option<(usize, usize)> = None;
+        // The open writers are those of the first partitions seen.
+        for (i, p) in self.parts[..self.open].iter().enumerate() {
+            if let Some(d) = &p.direct {
+                let size = d.writer.memory_size();
+                total += size;
+                if largest.is_none_or(|(_, s)| size > s) {
+                    largest = Some((i, size));
+                }
+            }
+        }
+        if total > self.options.memory_budget {
+            if let Some(d) = largest.and_then(|(i, _)| self.parts[i].direct.as_mut()) {
+                d.writer.flush()?;
+            }
+        }
         Ok(())
     }
 
-    /// Closes every partition file and returns them, still in staging.
-    pub fn finish(self) -> Result<Vec<WrittenPart>> {
-        let mut out = Vec::new();
-        for (partition, part) in self.parts {
-            part.writer.close()?;
-            let bytes = std::fs::metadata(&part.staged)
-                .map_err(|e| Error::io(&part.staged, e))?
-                .len();
-            out.push(WrittenPart {
-                partition,
-                staged: part.staged,
-                rows: part.rows,
-                billed_cost: part.billed_cost,
-                bytes,
-            });
+    /// Holds rows of partitions without an open writer; spills them when over the budget.
+    fn hold(&mut self, batch: RecordBatch, ids: Vec<u32>) -> Result<()> {
+        self.held_bytes += batch.get_array_memory_size();
+        self.held.push((batch, ids));
+        if self.held_bytes > self.options.memory_budget {
+            self.spill()?;
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// Writes the held rows to a new run file, sorted by partition.
+    fn spill(&mut self) -> Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let path = self
+            .staging
+            .join(format!("run-{}.arrow.tmp", next_file_number()));
+        tracing::debug!(
+            "{}: spilling {} batches ({} bytes) to {}",
+            self.stem,
+            self.held.len(),
+            self.held_bytes,
+            path.display()
+        );
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        // Registered at once, so `abandon` and `drop` remove it even if writing fails.
+        self.runs.push(Run {
+            path,
+            batches: Vec::new(),
+        });
+        let batches = write_run(file, &self.schema, &self.held)?;
+        if let Some(run) = self.runs.last_mut() {
+            run.batches = batches;
+        }
+        self.held.clear();
+        self.held_bytes = 0;
+        Ok(())
+    }
+
+    /// Closes every partition file and returns them, still in staging. Partitions without an
+    /// open writer are written now, one at a time, from the run files.
+    pub fn finish(mut self) -> Result<Vec<WrittenPart>> {
+        let mut out = Vec::with_capacity(self.parts.len());
+        let result = self.finish_parts(&mut out);
+        self.remove_runs();
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.remove_files();
+                for part in out {
+                    let _ = std::fs::remove_file(&part.staged);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_parts(&mut self, out: &mut Vec<WrittenPart>) -> Result<()> {
+        self.spill()?;
+        for p in &mut self.parts {
+            if let Some(part) = p.direct.take() {
+                out.push(close(p.key.clone(), part)?);
+            }
+        }
+        let mut merge = Merge::open(&self.runs)?;
+        // Each run is in partition order: partitions in ascending order read each once.
+        for id in std::mem::take(&mut merge.partitions) {
+            let mut part = self.open_part()?;
+            let cost_col = self.cost_col;
+            let written = merge.read(id, &self.schema, |b| write_counted(&mut part, cost_col, b));
+            if let Err(e) = written {
+                drop(part.writer);
+                let _ = std::fs::remove_file(&part.staged);
+                return Err(e);
+            }
+            out.push(close(self.parts[id as usize].key.clone(), part)?);
+        }
+        Ok(())
     }
 
     /// Removes staged files after a failure.
-    pub fn abandon(self) {
-        for part in self.parts.into_values() {
-            drop(part.writer);
-            let _ = std::fs::remove_file(&part.staged);
+    pub fn abandon(mut self) {
+        self.remove_files();
+        self.remove_runs();
+    }
+
+    fn remove_files(&mut self) {
+        for p in &mut self.parts {
+            if let Some(part) = p.direct.take() {
+                drop(part.writer);
+                let _ = std::fs::remove_file(&part.staged);
+            }
+        }
+    }
+
+    fn remove_runs(&mut self) {
+        for run in self.runs.drain(..) {
+            let _ = std::fs::remove_file(&run.path);
+        }
+    }
+}
+
+impl Drop for PartitionedWriter {
+    fn drop(&mut self) {
+        self.remove_runs();
+    }
+}
+
+fn next_file_number() -> u64 {
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes a batch into a partition file, counting its rows and BilledCost.
+fn write_counted(part: &mut Part, cost_col: Option<usize>, batch: &RecordBatch) -> Result<()> {
+    let cost = match cost_col {
+        Some(c) => sum_decimal(batch.column(c).as_any().downcast_ref::<Decimal128Array>())?,
+        None => 0,
+    };
+    part.writer.write(batch)?;
+    part.rows += batch.num_rows() as u64;
+    part.billed_cost = part
+        .billed_cost
+        .checked_add(cost)
+        .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
+    Ok(())
+}
+
+/// Closes a partition file; removes it if that fails.
+fn close(partition: PartitionKey, part: Part) -> Result<WrittenPart> {
+    let Part {
+        staged,
+        writer,
+        rows,
+        billed_cost,
+    } = part;
+    let bytes = writer
+        .close()
+        .map_err(Error::from)
+        .and_then(|_| std::fs::metadata(&staged).map_err(|e| Error::io(&staged, e)));
+    match bytes {
+        Ok(meta) => Ok(WrittenPart {
+            partition,
+            staged,
+            rows,
+            billed_cost,
+            bytes: meta.len(),
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            Err(e)
         }
     }
 }
@@ -283,3 +512,7 @@ fn sum_decimal(col: Option<&Decimal128Array>) -> Result<i128> {
     }
     Ok(sum)
 }
+
+#[cfg(test)]
+#[path = "write_tests.rs"]
+mod tests;

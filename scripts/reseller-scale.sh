@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Scale of a reseller's consolidated bill (issue 12): every customer of a reseller interleaved
+# in one file, so one snapshot spreads over thousands of partitions.
+#
+# For each case CUSTOMERS:MB (default "3000:300 20000:1000") generates a consolidated zip of
+# about MB megabytes of CSV with that many customers (`billpipe generate --customers`), and a
+# single-account file of the same bytes (the same generator, one customer, as many rows), runs
+# `billpipe run` on each into a fresh local lake under /usr/bin/time -v, and prints MB of CSV,
+# seconds, MB/s, peak RSS, and whether every customer's partition (rows and BilledCost, exact)
+# equals the generator's totals (read back with `billpipe totals --json`).
+#
+# Usage: scripts/reseller-scale.sh [BINARY]   (default target/release/billpipe, built if absent)
+# Env: SCALE_CASES="3000:300 20000:1000", SCALE_DIR=reseller-work (removed case by case).
+# Needs: python3, /usr/bin/time (Debian package `time`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/release/billpipe}
+[ -x "$bin" ] || cargo build --release -q
+cases=${SCALE_CASES:-"3000:300 20000:1000"}
+work=${SCALE_DIR:-reseller-work}
+month=2025-11 # 30 days
+reseller=500000000009
+mkdir -p "$work"
+
+# Bytes per row of the detail bill, from a probe.
+rm -rf "$work/probe" && mkdir -p "$work/probe"
+bpr=$("$bin" generate --month $month --account $reseller --customers 1 --rows-per-day 20000 \
+  --through-day 1 --out-dir "$work/probe" | awk 'NR==1 {print int($(NF-2) / $(NF-4))}')
+rm -rf "$work/probe"
+
+measure() { # label, csv bytes, totals file, source dir
+  local label=$1 bytes=$2 totals=$3 src=$4
+  local lake="$work/lake" log="$work/time.log"
+  rm -rf "$lake"
+  sync
+  /usr/bin/time -v "$bin" run --source "$src" --dest "$lake" --report "$work/report.json" \
+    > "$work/run.out" 2> "$log" || { cat "$work/run.out" "$log"; echo "$label: run failed"; return 1; }
+  "$bin" totals --dest "$lake" --month $month --json > "$work/totals.json"
+  python3 - "$label" "$bytes" "$log" "$totals" "$work/totals.json" <<'PY'
+import json, re, sys
+from decimal import Decimal
+label, nbytes, log, gen, lake = sys.argv[1:]
+text = open(log).read()
+wall = text.split("Elapsed (wall clock) time (h:mm:ss or m:ss): ")[1].split()[0]
+secs = 0.0
+for part in wall.split(":"):
+    secs = secs * 60 + float(part)
+rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+want = {}
+for line in open(gen):
+    m = re.match(r"customer (\S+): (\d+) rows, BilledCost sum (\S+)", line)
+    if m:
+        want[m.group(1)] = (int(m.group(2)), Decimal(m.group(3)))
+got = {r["billing_account_id"]: (r["rows"], Decimal(r["billed_cost"] or "0"))
+       for r in json.load(open(lake))}
+exact = got == want and len(want) > 0
+mb = int(nbytes) / 1e6
+print(f"{label:<28} {mb:8.0f} MB CSV {secs:7.1f} s {mb / secs:7.1f} MB/s "
+      f"peak RSS {rss_kb / 1024:6.0f} MB  partitions {len(got):6d}  exact: {'yes' if exact else 'no'}")
+PY
+}
+
+for case in $cases; do
+  customers=${case%%:*}
+  mb=${case#*:}
+  rpd=$(( (mb * 1000000 / bpr / 30 + customers / 2) / customers ))
+  [ "$rpd" -ge 1 ] || rpd=1
+  for shape in consolidated single; do
+    src="$work/src"
+    rm -rf "$src" "$work/lake" && mkdir -p "$src"
+    if [ $shape = consolidated ]; then
+      n=$customers rows=$rpd
+    else
+      n=1 rows=$((rpd * customers))
+    fi
+    "$bin" generate --month $month --account $reseller --customers $n --rows-per-day $rows \
+      --seed 12 --out-dir "$src" > "$work/generated.txt"
+    bytes=$(awk 'NR==1 {print $(NF-2)}' "$work/generated.txt")
+    measure "$shape ($n customers)" "$bytes" "$work/generated.txt" "$src"
+  done
+done
+rm -rf "$work/src" "$work/lake"
