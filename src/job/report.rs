@@ -191,9 +191,33 @@ impl LakeGap {
     }
 }
 
+/// The command a report is of: `run` loads, `plan` only says what `run` would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobCommand {
+    Run,
+    Plan,
+}
+
+impl JobCommand {
+    /// The command's name on the command line and in the report (`run`, `plan`).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobCommand::Run => "run",
+            JobCommand::Plan => "plan",
+        }
+    }
+}
+
+impl std::fmt::Display for JobCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
-    pub command: String,
+    pub command: JobCommand,
     pub billpipe_version: String,
     pub source: String,
     pub dest: String,
@@ -269,7 +293,11 @@ impl RunReport {
         let mut s = String::new();
         let mut quiet_skips: std::collections::BTreeMap<&str, u64> = Default::default();
         for o in &self.objects {
-            if o.outcome == Outcome::Skip && !verbose && self.command != "plan" && !o.near_miss {
+            if o.outcome == Outcome::Skip
+                && !verbose
+                && self.command != JobCommand::Plan
+                && !o.near_miss
+            {
                 // Grouped by the reason's kind: what follows `:`, ` by ` or ` (` names the
                 // object or snapshot, which -v lists.
                 let why = [":", " by ", " ("]
@@ -376,7 +404,7 @@ impl RunReport {
                 g.quarantine.as_deref().unwrap_or("the report")
             ));
         }
-        if self.command == "plan" {
+        if self.command == JobCommand::Plan {
             s.push_str(&format!(
                 "\n{} objects: {} to ingest, {} to replace, {} to skip\n",
                 t.objects, t.ingested, t.replaced, t.skipped
@@ -387,7 +415,7 @@ impl RunReport {
                 t.objects, t.ingested, t.replaced, t.skipped, t.rejected
             ));
         }
-        if self.command != "plan" {
+        if self.command != JobCommand::Plan {
             s.push_str(&format!(
                 "rows: {} loaded, {} held out; bytes: {} read, {} written; {:.2} s ({:.1} MB/s)\n",
                 t.rows_loaded,
