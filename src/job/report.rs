@@ -274,12 +274,36 @@ impl SkipSummary {
     }
 }
 
+/// The command a report is of: `run` loads, `plan` only says what `run` would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobCommand {
+    Run,
+    Plan,
+}
+
+impl JobCommand {
+    /// The command's name on the command line and in the report (`run`, `plan`).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobCommand::Run => "run",
+            JobCommand::Plan => "plan",
+        }
+    }
+}
+
+impl std::fmt::Display for JobCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A run's report. In memory it holds every object (the human summary lists skipped ones with
 /// `-v`); its JSON lists skipped objects only when `report_skipped` (or for `plan`, whose point
 /// is what happens to each object), and summarises them in `skipped` always.
 #[derive(Debug, Clone)]
 pub struct RunReport {
-    pub command: String,
+    pub command: JobCommand,
     pub billpipe_version: String,
     pub source: String,
     pub dest: String,
@@ -303,7 +327,7 @@ pub struct RunReport {
 /// The JSON form of a [`RunReport`].
 #[derive(Serialize)]
 struct RunReportJson<'a> {
-    command: &'a str,
+    command: JobCommand,
     billpipe_version: &'a str,
     source: &'a str,
     dest: &'a str,
@@ -323,7 +347,7 @@ impl Serialize for RunReport {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let all = self.lists_skipped();
         RunReportJson {
-            command: &self.command,
+            command: self.command,
             billpipe_version: &self.billpipe_version,
             source: &self.source,
             dest: &self.dest,
@@ -373,7 +397,7 @@ impl RunReport {
 
     /// Whether the JSON lists skipped objects (see [`RunReport`]).
     fn lists_skipped(&self) -> bool {
-        self.report_skipped || self.command == "plan"
+        self.report_skipped || self.command == JobCommand::Plan
     }
 
     /// Non-zero while money may be missing from the lake: objects rejected, rows held out (in
@@ -409,7 +433,11 @@ impl RunReport {
         let mut s = String::new();
         let mut quiet_skips: std::collections::BTreeMap<&str, u64> = Default::default();
         for o in &self.objects {
-            if o.outcome == Outcome::Skip && !verbose && self.command != "plan" && !o.near_miss {
+            if o.outcome == Outcome::Skip
+                && !verbose
+                && self.command != JobCommand::Plan
+                && !o.near_miss
+            {
                 // Grouped by the reason's kind: what follows `:`, ` by ` or ` (` names the
                 // object or snapshot, which -v lists.
                 *quiet_skips.entry(skip_kind(&o.reason)).or_default() += 1;
@@ -511,7 +539,7 @@ impl RunReport {
                 g.quarantine.as_deref().unwrap_or("the report")
             ));
         }
-        if self.command == "plan" {
+        if self.command == JobCommand::Plan {
             s.push_str(&format!(
                 "\n{} objects: {} to ingest, {} to replace, {} to skip\n",
                 t.objects, t.ingested, t.replaced, t.skipped
@@ -522,7 +550,7 @@ impl RunReport {
                 t.objects, t.ingested, t.replaced, t.skipped, t.rejected
             ));
         }
-        if self.command != "plan" {
+        if self.command != JobCommand::Plan {
             s.push_str(&format!(
                 "rows: {} loaded, {} held out; bytes: {} read, {} written; {:.2} s ({:.1} MB/s)\n",
                 t.rows_loaded,

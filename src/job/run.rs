@@ -39,7 +39,7 @@ pub use crate::job::context::RunOptions;
 use crate::job::context::{lock_ledger, open, Context};
 use crate::job::load::{check_shrink, read_snapshot};
 use crate::job::report::{
-    LakeGap, ObjectReport, Outcome, RunReport, SkipSummary, StageSeconds, Totals,
+    JobCommand, LakeGap, ObjectReport, Outcome, RunReport, SkipSummary, StageSeconds, Totals,
 };
 use crate::state::classify::BillFile;
 use crate::state::ledger::Ledger;
@@ -51,16 +51,16 @@ pub use crate::job::commit::QUARANTINE_DIR;
 
 /// The report of a run that failed before it started (configuration, listing, lock): no
 /// objects, the error.
-pub fn failed_report(command: &str, opts: &RunOptions, error: &str) -> RunReport {
+pub fn failed_report(command: JobCommand, opts: &RunOptions, error: &str) -> RunReport {
     RunReport {
         error: Some(error.to_string()),
         ..new_report(command, opts)
     }
 }
 
-fn new_report(command: &str, opts: &RunOptions) -> RunReport {
+fn new_report(command: JobCommand, opts: &RunOptions) -> RunReport {
     RunReport {
-        command: command.into(),
+        command,
         billpipe_version: env!("CARGO_PKG_VERSION").into(),
         source: opts.source.clone(),
         dest: opts.dest.clone(),
@@ -115,7 +115,7 @@ fn outcome_of(action: Action) -> Outcome {
 /// `billpipe plan`: what `run` would do with every object, changing nothing.
 pub fn plan_only(opts: &RunOptions) -> Result<RunReport> {
     let start = Instant::now();
-    let mut report = new_report("plan", opts);
+    let mut report = new_report(JobCommand::Plan, opts);
     let ctx = open(opts, false)?;
     report.pipeline = ctx.pipeline.origin.clone();
     let ledger = lock_ledger(&ctx.ledger)?;
@@ -150,11 +150,11 @@ pub fn run_with_progress(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<RunReport> {
     let start = Instant::now();
-    let mut report = new_report("run", opts);
+    let mut report = new_report(JobCommand::Run, opts);
     let mut ctx = open(opts, true)?;
     report.pipeline = ctx.pipeline.origin.clone();
     let waited = Instant::now();
-    let _lock = lock::acquire(ctx.lake.clone(), "run", &opts.lock)?;
+    let _lock = lock::acquire(ctx.lake.clone(), JobCommand::Run.name(), &opts.lock)?;
     // The ledger is read once the lock is held (another run may have committed until then),
     // and the source listed again if we waited for the lock.
     *lock_ledger(&ctx.ledger)? = Ledger::load(ctx.lake.as_ref())?;

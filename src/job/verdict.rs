@@ -24,14 +24,36 @@ use crate::store::s3::{S3Context, S3Location, S3Options};
 use crate::store::source::{ObjectInfo, Source};
 use crate::{Error, Result};
 
+/// How `validate` chose the FOCUS version a file is checked against; serialized (and printed)
+/// as `forced`, `detected` or `family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionFrom {
+    /// `--focus-version`.
+    Forced,
+    /// From the columns present.
+    Detected,
+    /// The pipeline's schema, for a key one of its families takes.
+    Family,
+}
+
+impl std::fmt::Display for VersionFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VersionFrom::Forced => "forced",
+            VersionFrom::Detected => "detected",
+            VersionFrom::Family => "family",
+        })
+    }
+}
+
 /// The verdict on one file checked by `billpipe validate`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FileVerdict {
     pub file: String,
     pub focus_version: String,
-    /// How the version was chosen: `forced` (--focus-version), `detected` (from the columns)
-    /// or `family` (the pipeline's schema, for a key one of its families takes).
-    pub version_from: String,
+    /// How the version was chosen.
+    pub version_from: VersionFrom,
     pub profile: String,
     /// The family whose files the key names, if any: the file is read as `run` reads it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,7 +122,7 @@ pub fn validate_file(
     let mut verdict = FileVerdict {
         file: uri.to_string(),
         focus_version: opts.focus_version.clone().unwrap_or_default(),
-        version_from: "detected".into(),
+        version_from: VersionFrom::Detected,
         profile: profile.name.clone(),
         family: bill.as_ref().map(|b| b.family.clone()),
         name_month: bill.as_ref().map(|b| b.unit.month.clone()),
@@ -112,7 +134,7 @@ pub fn validate_file(
     let reading = match (&bill, &opts.focus_version) {
         // A native family's files are typed by its mapping's target, whatever is asked.
         (Some(bill), _) if bill.mapping.is_some() || opts.focus_version.is_none() => {
-            verdict.version_from = "family".into();
+            verdict.version_from = VersionFrom::Family;
             bill_reading(
                 pipeline,
                 bill,
@@ -125,7 +147,7 @@ pub fn validate_file(
         }
         (bill, forced) => {
             if forced.is_some() {
-                verdict.version_from = "forced".into();
+                verdict.version_from = VersionFrom::Forced;
             }
             let mut check = check;
             if let Some(bill) = bill {
