@@ -10,6 +10,8 @@
 # equals the generator's totals (read back with `billpipe totals --json`).
 #
 # Usage: scripts/reseller-scale.sh [BINARY]   (default target/release/billpipe, built if absent)
+# After each consolidated case, the month is delivered again without its last 100 customers
+# (SCALE_DROPPED) and loaded into the same lake, which must then equal the new bill exactly.
 # Env: SCALE_CASES="3000:300 20000:1000", SCALE_DIR=reseller-work (removed case by case).
 # Needs: python3, /usr/bin/time (Debian package `time`).
 set -euo pipefail
@@ -20,6 +22,7 @@ cases=${SCALE_CASES:-"3000:300 20000:1000"}
 work=${SCALE_DIR:-reseller-work}
 month=2025-11 # 30 days
 reseller=500000000009
+DROPPED=${SCALE_DROPPED:-100} # customers left out of the re-delivered consolidated bill
 mkdir -p "$work"
 
 # Bytes per row of the detail bill, from a probe.
@@ -28,10 +31,10 @@ bpr=$("$bin" generate --month $month --account $reseller --customers 1 --rows-pe
   --through-day 1 --out-dir "$work/probe" | awk 'NR==1 {print int($(NF-2) / $(NF-4))}')
 rm -rf "$work/probe"
 
-measure() { # label, csv bytes, totals file, source dir
-  local label=$1 bytes=$2 totals=$3 src=$4
+measure() { # label, csv bytes, totals file, source dir [keep: load into the lake as it is]
+  local label=$1 bytes=$2 totals=$3 src=$4 keep=${5:-}
   local lake="$work/lake" log="$work/time.log"
-  rm -rf "$lake"
+  [ -n "$keep" ] || rm -rf "$lake"
   sync
   /usr/bin/time -v "$bin" run --source "$src" --dest "$lake" --report "$work/report.json" \
     > "$work/run.out" 2> "$log" || { cat "$work/run.out" "$log"; echo "$label: run failed"; return 1; }
@@ -77,6 +80,15 @@ for case in $cases; do
       --seed 12 --out-dir "$src" > "$work/generated.txt"
     bytes=$(awk 'NR==1 {print $(NF-2)}' "$work/generated.txt")
     measure "$shape ($n customers)" "$bytes" "$work/generated.txt" "$src"
+    if [ $shape = consolidated ] && [ "$customers" -gt "$DROPPED" ]; then
+      # Re-delivered: the month again without the last $DROPPED customers, other numbers (another
+      # seed, so another object name, delivered later). The lake must then equal the new bill
+      # exactly: those customers' partitions gone, every other one replaced.
+      "$bin" generate --month $month --account $reseller --customers $((n - DROPPED)) \
+        --rows-per-day $rows --seed 13 --out-dir "$src" > "$work/generated.txt"
+      bytes=$(awk 'NR==1 {print $(NF-2)}' "$work/generated.txt")
+      measure "re-delivered ($((n - DROPPED)) left)" "$bytes" "$work/generated.txt" "$src" keep
+    fi
   done
 done
 rm -rf "$work/src" "$work/lake"

@@ -179,6 +179,11 @@ pub struct RunArgs {
     /// zstd compression level of the Parquet files, 1 (fastest) to 22 (smallest)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
     pub zstd_level: i32,
+    /// Partitions of fewer rows held back while a file spreading over many partitions is read
+    /// (a reseller's customers) are written uncompressed, which makes such bills several times
+    /// faster to load; 0 compresses every file with zstd
+    #[arg(long, value_name = "ROWS")]
+    pub small_partition_rows: Option<u64>,
     #[command(flatten)]
     pub lock: LockArgs,
     #[command(flatten)]
@@ -305,6 +310,7 @@ const HIDDEN: &[(&str, &[&str])] = &[
         "plan",
         &[
             "zstd_level",
+            "small_partition_rows",
             "jobs",
             "profile",
             "quarantine_on",

@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod fetch;
+mod part;
 pub mod pipeline;
 mod runs;
 pub mod unpack;

@@ -19,20 +19,27 @@ use crate::{Error, Result};
 /// A run file: rows of the partitions without an open writer, sorted by partition.
 pub(super) struct Run {
     pub path: PathBuf,
-    /// The partition (the writer's index) of each batch of the file, in file order.
-    pub batches: Vec<u32>,
+    /// Each batch of the file, in file order: the partitions it holds and their rows, in row
+    /// order (a batch holds many small partitions, or part of a large one).
+    pub batches: Vec<Vec<(u32, u32)>>,
 }
 
-/// Rows per batch written to a run file, and per batch handed back by [`Merge::read`].
-const RUN_BATCH_ROWS: usize = 8192;
+/// Rows per batch written to a run file. Batches are cut by rows, not by partition: a
+/// reseller's spill holds thousands of partitions of a few dozen rows each, and one IPC batch
+/// per partition cost more in message headers and buffer padding than the rows themselves.
+/// The merge keeps one batch per run file in memory, so this stays small.
+const RUN_BATCH_ROWS: usize = 1024;
+
+/// Rows per batch handed back by [`Merge::read`].
+const READ_BATCH_ROWS: usize = 8192;
 
 /// Writes `held` (batches with the partition of each row) to `file`, sorted by partition,
-/// rows of a partition in their order; returns the partition of each batch written.
+/// rows of a partition in their order; returns what each batch written holds.
 pub(super) fn write_run(
     file: File,
     schema: &SchemaRef,
     held: &[(RecordBatch, Vec<u32>)],
-) -> Result<Vec<u32>> {
+) -> Result<Vec<Vec<(u32, u32)>>> {
     let mut order: Vec<(u32, usize, usize)> = Vec::new();
     for (b, (_, ids)) in held.iter().enumerate() {
         order.extend(ids.iter().enumerate().map(|(r, &id)| (id, b, r)));
@@ -45,37 +52,64 @@ pub(super) fn write_run(
     for chunk in order.chunks(RUN_BATCH_ROWS) {
         indices.clear();
         indices.extend(chunk.iter().map(|&(_, b, r)| (b, r)));
-        let sorted = interleave_record_batch(&sources, &indices)?;
-        // One batch per partition in the chunk.
-        let mut start = 0;
-        while start < chunk.len() {
-            let id = chunk[start].0;
-            let len = chunk[start..].iter().take_while(|t| t.0 == id).count();
-            w.write(&sorted.slice(start, len))?;
-            batches.push(id);
-            start += len;
+        w.write(&interleave_record_batch(&sources, &indices)?)?;
+        let mut segments: Vec<(u32, u32)> = Vec::new();
+        for &(id, _, _) in chunk {
+            match segments.last_mut() {
+                Some((last, rows)) if *last == id => *rows += 1,
+                _ => segments.push((id, 1)),
+            }
         }
+        batches.push(segments);
     }
     w.finish()?;
     Ok(batches)
 }
 
-type Reader = (
-    FileReader<BufReader<File>>,
-    Peekable<std::vec::IntoIter<u32>>,
-);
+/// Rows of one partition in a run file: `rows` rows from row `offset` of batch `batch`.
+struct Segment {
+    batch: usize,
+    offset: usize,
+    id: u32,
+    rows: usize,
+}
+
+/// One run file being read front to back, its current batch in memory.
+struct Cursor {
+    reader: FileReader<BufReader<File>>,
+    segments: Peekable<std::vec::IntoIter<Segment>>,
+    loaded: Option<(usize, RecordBatch)>,
+}
+
+impl Cursor {
+    /// Batch `n` of the file; batches are asked for in ascending order.
+    fn batch(&mut self, n: usize) -> Result<RecordBatch> {
+        loop {
+            let next = match &self.loaded {
+                Some((k, batch)) if *k == n => return Ok(batch.clone()),
+                Some((k, _)) => k + 1,
+                None => 0,
+            };
+            let batch = self
+                .reader
+                .next()
+                .ok_or_else(|| Error::rejected("a run file ended early"))??;
+            self.loaded = Some((next, batch));
+        }
+    }
+}
 
 /// Every run file open side by side.
 pub(super) struct Merge {
-    readers: Vec<Reader>,
-    /// The partitions with rows in the run files, ascending.
-    pub partitions: Vec<u32>,
+    cursors: Vec<Cursor>,
+    /// The partitions with rows in the run files, ascending, with their rows.
+    pub partitions: Vec<(u32, u64)>,
 }
 
 impl Merge {
     pub fn open(runs: &[Run]) -> Result<Merge> {
-        let mut readers = Vec::with_capacity(runs.len());
-        let mut partitions = Vec::new();
+        let mut cursors = Vec::with_capacity(runs.len());
+        let mut partitions: Vec<(u32, u64)> = Vec::new();
         for run in runs {
             let file = File::open(&run.path).map_err(|e| Error::io(&run.path, e))?;
             let reader = FileReader::try_new(BufReader::with_capacity(1 << 16, file), None)?;
@@ -87,18 +121,42 @@ impl Merge {
                     run.batches.len()
                 )));
             }
-            partitions.extend_from_slice(&run.batches);
-            readers.push((reader, run.batches.clone().into_iter().peekable()));
+            let mut segments = Vec::new();
+            for (batch, held) in run.batches.iter().enumerate() {
+                let mut offset = 0;
+                for &(id, rows) in held {
+                    let rows = rows as usize;
+                    segments.push(Segment {
+                        batch,
+                        offset,
+                        id,
+                        rows,
+                    });
+                    partitions.push((id, rows as u64));
+                    offset += rows;
+                }
+            }
+            cursors.push(Cursor {
+                reader,
+                segments: segments.into_iter().peekable(),
+                loaded: None,
+            });
         }
-        partitions.sort_unstable();
-        partitions.dedup();
+        partitions.sort_unstable_by_key(|&(id, _)| id);
+        partitions.dedup_by(|next, first| {
+            let same = next.0 == first.0;
+            if same {
+                first.1 += next.1;
+            }
+            same
+        });
         Ok(Merge {
-            readers,
+            cursors,
             partitions,
         })
     }
 
-    /// Hands every row of partition `id` to `f`, in batches of about [`RUN_BATCH_ROWS`] rows.
+    /// Hands every row of partition `id` to `f`, in batches of about [`READ_BATCH_ROWS`] rows.
     /// Partitions must be asked for in ascending order (as [`Merge::partitions`] lists them).
     pub fn read(
         &mut self,
@@ -108,23 +166,28 @@ impl Merge {
     ) -> Result<()> {
         let mut pending: Vec<RecordBatch> = Vec::new();
         let mut rows = 0;
-        for (reader, ids) in &mut self.readers {
-            while ids.next_if_eq(&id).is_some() {
-                let batch = reader
-                    .next()
-                    .ok_or_else(|| Error::rejected("a run file ended early"))??;
-                rows += batch.num_rows();
-                pending.push(batch);
-                if rows >= RUN_BATCH_ROWS {
-                    f(&concat_batches(schema, pending.iter())?)?;
+        for cursor in &mut self.cursors {
+            while let Some(seg) = cursor.segments.next_if(|s| s.id == id) {
+                pending.push(cursor.batch(seg.batch)?.slice(seg.offset, seg.rows));
+                rows += seg.rows;
+                if rows >= READ_BATCH_ROWS {
+                    f(&joined(schema, &pending)?)?;
                     pending.clear();
                     rows = 0;
                 }
             }
         }
         if !pending.is_empty() {
-            f(&concat_batches(schema, pending.iter())?)?;
+            f(&joined(schema, &pending)?)?;
         }
         Ok(())
+    }
+}
+
+/// Slices of run batches as one batch (a single slice as it is, without a copy).
+fn joined(schema: &SchemaRef, slices: &[RecordBatch]) -> Result<RecordBatch> {
+    match slices {
+        [one] => Ok(one.clone()),
+        _ => Ok(concat_batches(schema, slices.iter())?),
     }
 }

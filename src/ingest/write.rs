@@ -20,9 +20,10 @@
 //! largest closes its row group early. Rows of any further partition are held in memory, and
 //! whenever they pass the same budget they are sorted by partition and spilled to a run file in
 //! the staging folder (Arrow IPC, batches in partition order; the writer keeps which partition
-//! each batch holds). `finish` then writes those partitions one at a time, reading every run
-//! file once, front to back, side by side (a merge: each run is in partition order), so at most
-//! one extra Parquet writer is open. Run files are removed at the end, on `abandon`, and when
+//! each batch holds). `finish` then reads every run file once, front to back, side by side (a
+//! merge: each run is in partition order) and hands each partition whole to one of
+//! [`WriteOptions::write_threads`] workers (`part::write_spilled`), so at most that many extra
+//! Parquet writers are open. Run files are removed at the end, on `abandon`, and when
 //! the writer is dropped. Rows and BilledCost of every file are summed from the batches that
 //! go into the Parquet writer itself, after the spill and read-back, so `run`'s check of these
 //! sums against the decoder's tally catches a row lost or doubled anywhere on the way.
@@ -32,19 +33,19 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use arrow_array::{
-    Array, Decimal128Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
-};
+use arrow_array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array};
 use arrow_schema::SchemaRef;
 use arrow_select::take::take_record_batch;
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::ingest::decode::year_month_from_days;
+pub use crate::ingest::part::WrittenPart;
+use crate::ingest::part::{
+    close, default_workers, next_file_number, write_spilled, Part, PartFiles,
+};
 use crate::ingest::runs::{write_run, Merge, Run};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
@@ -62,6 +63,11 @@ pub struct WriteOptions {
     /// Bytes of Arrow data held for partitions without an open writer before they are spilled
     /// to a run file; also the most the open writers may hold in unfinished row groups.
     pub memory_budget: usize,
+    /// Threads writing the partitions held in run files when the snapshot has been read.
+    pub write_threads: usize,
+    /// A partition from the run files with fewer rows is written uncompressed, with statistics
+    /// per column chunk only (`part`'s docs say why); 0 turns this off.
+    pub small_partition_rows: u64,
 }
 
 impl Default for WriteOptions {
@@ -80,26 +86,10 @@ impl Default for WriteOptions {
             max_partitions: 100_000,
             open_writers: env("BILLPIPE_WRITE_OPEN", 16),
             memory_budget: env("BILLPIPE_WRITE_BUDGET", 64 << 20),
+            write_threads: default_workers(),
+            small_partition_rows: env("BILLPIPE_SMALL_PARTITION_ROWS", 2_000) as u64,
         }
     }
-}
-
-/// One finished partition file, still in staging.
-#[derive(Debug, Clone)]
-pub struct WrittenPart {
-    pub partition: PartitionKey,
-    pub staged: PathBuf,
-    pub rows: u64,
-    /// Sum of BilledCost, scaled by the schema's decimal scale.
-    pub billed_cost: i128,
-    pub bytes: u64,
-}
-
-struct Part {
-    staged: PathBuf,
-    writer: ArrowWriter<BufWriter<File>>,
-    rows: u64,
-    billed_cost: i128,
 }
 
 struct Partition {
@@ -110,14 +100,11 @@ struct Partition {
 
 /// Writes the batches of one snapshot, split by partition.
 pub struct PartitionedWriter {
-    staging: PathBuf,
+    files: PartFiles,
     stem: String,
-    schema: SchemaRef,
-    props: WriterProperties,
     options: WriteOptions,
     period_col: usize,
     account_col: usize,
-    cost_col: Option<usize>,
     period_offset_micros: i64,
     /// Every partition of the snapshot, in the order first seen.
     parts: Vec<Partition>,
@@ -154,14 +141,24 @@ impl PartitionedWriter {
             .set_max_row_group_row_count(Some(options.row_group_rows))
             .set_created_by(format!("billpipe {}", env!("CARGO_PKG_VERSION")))
             .build();
+        let small_props = props
+            .clone()
+            .into_builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .build();
         Ok(PartitionedWriter {
-            staging: staging.to_path_buf(),
             stem: stem.to_string(),
             period_col: idx(period_column)?,
             account_col: idx(account_column)?,
-            cost_col: schema.index_of("BilledCost").ok(),
-            schema,
-            props,
+            files: PartFiles {
+                staging: staging.to_path_buf(),
+                cost_col: schema.index_of("BilledCost").ok(),
+                schema,
+                props,
+                small_props,
+                small_rows: options.small_partition_rows,
+            },
             options,
             period_offset_micros: period_offset_secs * 1_000_000,
             parts: Vec::new(),
@@ -213,7 +210,7 @@ impl PartitionedWriter {
         let direct = if self.open < self.options.open_writers {
             self.open += 1;
             tracing::debug!("{}: streaming partition {dir}", self.stem);
-            Some(self.open_part()?)
+            Some(self.files.open()?)
         } else {
             None
         };
@@ -224,33 +221,6 @@ impl PartitionedWriter {
             .push((month, id));
         self.parts.push(Partition { key, direct });
         Ok(id)
-    }
-
-    /// A new Parquet file in staging.
-    fn open_part(&self) -> Result<Part> {
-        // Named by a process-wide counter, not by the unit (whose name may be long): the
-        // staging folder is this run's alone, and jobs share it.
-        let staged = self
-            .staging
-            .join(format!("part-{}.parquet.tmp", next_file_number()));
-        let file = File::create(&staged).map_err(|e| Error::io(&staged, e))?;
-        let writer = ArrowWriter::try_new(
-            BufWriter::with_capacity(1 << 20, file),
-            self.schema.clone(),
-            Some(self.props.clone()),
-        );
-        match writer {
-            Ok(writer) => Ok(Part {
-                staged,
-                writer,
-                rows: 0,
-                billed_cost: 0,
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_file(&staged);
-                Err(e.into())
-            }
-        }
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -318,12 +288,11 @@ impl PartitionedWriter {
     }
 
     fn write_direct(&mut self, id: u32, batch: &RecordBatch) -> Result<()> {
-        let cost_col = self.cost_col;
         let part = self.parts[id as usize]
             .direct
             .as_mut()
             .ok_or_else(|| Error::Config("partition writer vanished".into()))?;
-        write_counted(part, cost_col, batch)?;
+        self.files.write(part, batch)?;
         // Unfinished row groups of the open writers stay within the budget: the largest
         // closes its row group early when they do not.
         let mut total = 0;
@@ -362,6 +331,7 @@ impl PartitionedWriter {
             return Ok(());
         }
         let path = self
+            .files
             .staging
             .join(format!("run-{}.arrow.tmp", next_file_number()));
         tracing::debug!(
@@ -377,7 +347,7 @@ impl PartitionedWriter {
             path,
             batches: Vec::new(),
         });
-        let batches = write_run(file, &self.schema, &self.held)?;
+        let batches = write_run(file, &self.files.schema, &self.held)?;
         if let Some(run) = self.runs.last_mut() {
             run.batches = batches;
         }
@@ -387,7 +357,7 @@ impl PartitionedWriter {
     }
 
     /// Closes every partition file and returns them, still in staging. Partitions without an
-    /// open writer are written now, one at a time, from the run files.
+    /// open writer are written now from the run files, on a few threads.
     pub fn finish(mut self) -> Result<Vec<WrittenPart>> {
         let mut out = Vec::with_capacity(self.parts.len());
         let result = self.finish_parts(&mut out);
@@ -405,25 +375,31 @@ impl PartitionedWriter {
     }
 
     fn finish_parts(&mut self, out: &mut Vec<WrittenPart>) -> Result<()> {
+        let started = std::time::Instant::now();
         self.spill()?;
         for p in &mut self.parts {
             if let Some(part) = p.direct.take() {
                 out.push(close(p.key.clone(), part)?);
             }
         }
+        let closed = started.elapsed().as_secs_f64();
         let mut merge = Merge::open(&self.runs)?;
-        // Each run is in partition order: partitions in ascending order read each once.
-        for id in std::mem::take(&mut merge.partitions) {
-            let mut part = self.open_part()?;
-            let cost_col = self.cost_col;
-            let written = merge.read(id, &self.schema, |b| write_counted(&mut part, cost_col, b));
-            if let Err(e) = written {
-                drop(part.writer);
-                let _ = std::fs::remove_file(&part.staged);
-                return Err(e);
-            }
-            out.push(close(self.parts[id as usize].key.clone(), part)?);
-        }
+        // Every direct writer is closed by now, so the keys can go to other threads.
+        let keys: Vec<PartitionKey> = self.parts.iter().map(|p| p.key.clone()).collect();
+        out.extend(write_spilled(
+            &self.files,
+            &mut merge,
+            &keys,
+            self.options.write_threads,
+        )?);
+        tracing::debug!(
+            "{}: {} partitions streamed, closed in {closed:.3} s; {} from {} run files in {:.3} s",
+            self.stem,
+            self.open,
+            self.parts.len() - self.open,
+            self.runs.len(),
+            started.elapsed().as_secs_f64() - closed
+        );
         Ok(())
     }
 
@@ -453,64 +429,6 @@ impl Drop for PartitionedWriter {
     fn drop(&mut self) {
         self.remove_runs();
     }
-}
-
-fn next_file_number() -> u64 {
-    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Writes a batch into a partition file, counting its rows and BilledCost.
-fn write_counted(part: &mut Part, cost_col: Option<usize>, batch: &RecordBatch) -> Result<()> {
-    let cost = match cost_col {
-        Some(c) => sum_decimal(batch.column(c).as_any().downcast_ref::<Decimal128Array>())?,
-        None => 0,
-    };
-    part.writer.write(batch)?;
-    part.rows += batch.num_rows() as u64;
-    part.billed_cost = part
-        .billed_cost
-        .checked_add(cost)
-        .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
-    Ok(())
-}
-
-/// Closes a partition file; removes it if that fails.
-fn close(partition: PartitionKey, part: Part) -> Result<WrittenPart> {
-    let Part {
-        staged,
-        writer,
-        rows,
-        billed_cost,
-    } = part;
-    let bytes = writer
-        .close()
-        .map_err(Error::from)
-        .and_then(|_| std::fs::metadata(&staged).map_err(|e| Error::io(&staged, e)));
-    match bytes {
-        Ok(meta) => Ok(WrittenPart {
-            partition,
-            staged,
-            rows,
-            billed_cost,
-            bytes: meta.len(),
-        }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&staged);
-            Err(e)
-        }
-    }
-}
-
-fn sum_decimal(col: Option<&Decimal128Array>) -> Result<i128> {
-    let Some(col) = col else { return Ok(0) };
-    let mut sum: i128 = 0;
-    for v in col.iter().flatten() {
-        sum = sum
-            .checked_add(v)
-            .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
-    }
-    Ok(sum)
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use super::*;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arrow_array::Decimal128Array;
+
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -104,11 +106,20 @@ fn files(dir: &Path) -> Vec<String> {
 }
 
 fn writer(dir: &Path, open_writers: usize, memory_budget: usize) -> PartitionedWriter {
+    writer_with(
+        dir,
+        WriteOptions {
+            open_writers,
+            memory_budget,
+            ..WriteOptions::default()
+        },
+    )
+}
+
+fn writer_with(dir: &Path, options: WriteOptions) -> PartitionedWriter {
     let options = WriteOptions {
-        open_writers,
-        memory_budget,
         row_group_rows: 100,
-        ..WriteOptions::default()
+        ..options
     };
     PartitionedWriter::new(
         dir,
@@ -129,9 +140,24 @@ fn every_partition_is_exact_through_run_files() {
     let input = input();
     let expected = sums_of(&input);
     assert_eq!(expected.len(), 60, "50 accounts, 10 of them in two months");
-    for (open, budget) in [(2, 4096), (2, 1), (0, 64 << 10), (16, 64 << 20), (100, 1)] {
+    let cases = [
+        (2, 4096, 1),
+        (2, 1, 3),
+        (0, 64 << 10, 2),
+        (16, 64 << 20, 1),
+        (100, 1, 2),
+    ];
+    for (open, budget, threads) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = writer(dir.path(), open, budget);
+        let mut w = writer_with(
+            dir.path(),
+            WriteOptions {
+                open_writers: open,
+                memory_budget: budget,
+                write_threads: threads,
+                ..WriteOptions::default()
+            },
+        );
         for b in &input {
             w.write(b).unwrap();
         }
@@ -191,4 +217,62 @@ fn the_partition_limit_rejects() {
     assert!(err.to_string().contains("more than 10 partitions"), "{err}");
     w.abandon();
     assert_eq!(files(dir.path()), Vec::<String>::new());
+}
+
+/// Partitions from the run files under `small_partition_rows` rows are written uncompressed
+/// (chunk statistics only); streamed ones and larger ones with zstd and page statistics.
+#[test]
+fn small_spilled_partitions_are_uncompressed() {
+    use parquet::basic::Compression;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let codecs = |small_partition_rows: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer_with(
+            dir.path(),
+            WriteOptions {
+                open_writers: 2,
+                memory_budget: 1,
+                small_partition_rows,
+                ..WriteOptions::default()
+            },
+        );
+        for b in input() {
+            w.write(&b).unwrap();
+        }
+        let mut out = BTreeMap::new();
+        for part in w.finish().unwrap() {
+            let reader = SerializedFileReader::new(File::open(&part.staged).unwrap()).unwrap();
+            let meta = reader.metadata();
+            let codec = meta.row_group(0).column(0).compression();
+            let page_index = meta.row_group(0).column(0).column_index_offset().is_some();
+            let p = &part.partition;
+            out.insert(
+                format!("{} {}", p.period, p.account),
+                (part.rows, codec, page_index),
+            );
+        }
+        out
+    };
+    let zstd = |c: Compression| matches!(c, Compression::ZSTD(_));
+    // The first two partitions seen stream to their own writers: always zstd.
+    let mut seen = (0, 0);
+    for (account, (rows, codec, page_index)) in codecs(60) {
+        let streamed = account == "2025-12 acct-000" || account == "2025-11 acct-007";
+        let small = rows < 60 && !streamed;
+        assert_eq!(zstd(codec), !small, "{account}: {rows} rows, {codec:?}");
+        assert_eq!(page_index, !small, "{account}: page index");
+        if small {
+            seen.0 += 1
+        } else if !streamed {
+            seen.1 += 1
+        }
+    }
+    assert!(
+        seen.0 > 0 && seen.1 > 0,
+        "small and large spilled partitions: {seen:?}"
+    );
+    assert!(
+        codecs(0).values().all(|(_, c, _)| zstd(*c)),
+        "0 turns it off"
+    );
 }

@@ -2,6 +2,9 @@
 //! `job::run`'s docs; the ledger entry is one new journal object, see `state::ledger`), and undoing a publish that failed half-way so no partition file is left
 //! without a ledger entry.
 
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
 use crate::fault;
 use crate::ingest::decode::format_decimal;
 use crate::job::context::{lock_ledger, Context};
@@ -66,20 +69,39 @@ fn unpublish(
 /// and month delivered twice — a reseller's consolidated bill and the customer's own bill in
 /// one lake — and publishing beside it would count that money twice: the object is rejected,
 /// naming both, and the lake keeps what it had.
+///
+/// A month with many of the snapshot's partitions (a reseller's bill) is listed once, whole —
+/// a few pages on S3 — instead of once per customer folder.
 fn no_other_unit_there(ctx: &Context, staged: &Staged, stem: &str) -> Result<()> {
+    const LIST_MONTH_FROM: usize = 16;
     let own = format!("{stem}.parquet");
+    let mut months: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for part in &staged.parts {
-        let dir = format!("{}/", part.partition.dir());
-        let other = ctx
-            .lake
-            .list(&dir)?
-            .into_iter()
-            .map(|(path, _)| path)
-            .find(|path| path.ends_with(".parquet") && !path.ends_with(&format!("/{own}")));
-        if let Some(other) = other {
-            return Err(Error::rejected(format!(
-                "partition {dir} already holds {other}, a snapshot of another unit for the same account and month (a reseller's consolidated bill and the customer's own bill in one lake?); publishing {own} beside it would count that money twice — load such bills into separate lakes"
-            )));
+        let dir = part.partition.dir();
+        let month = dir.split_once('/').map_or(dir.as_str(), |(m, _)| m);
+        months
+            .entry(month.to_string())
+            .or_default()
+            .push(dir.clone());
+    }
+    for (month, dirs) in months {
+        let prefixes = if dirs.len() >= LIST_MONTH_FROM {
+            vec![format!("{month}/")]
+        } else {
+            dirs.iter().map(|d| format!("{d}/")).collect()
+        };
+        let dirs: HashSet<String> = dirs.into_iter().collect();
+        for prefix in prefixes {
+            for (path, _) in ctx.lake.list(&prefix)? {
+                let Some((dir, name)) = path.rsplit_once('/') else {
+                    continue;
+                };
+                if name.ends_with(".parquet") && name != own && dirs.contains(dir) {
+                    return Err(Error::rejected(format!(
+                        "partition {dir}/ already holds {path}, a snapshot of another unit for the same account and month (a reseller's consolidated bill and the customer's own bill in one lake?); publishing {own} beside it would count that money twice — load such bills into separate lakes"
+                    )));
+                }
+            }
         }
     }
     Ok(())
@@ -109,9 +131,6 @@ pub(crate) fn commit(
     if let Err(e) = no_other_unit_there(ctx, &staged, &stem) {
         return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
     }
-    let mut outputs = Vec::new();
-    let mut total_cost: i128 = 0;
-    let mut rows = 0;
     for part in &staged.parts {
         if part.partition.period != bill.unit.month {
             entry.notes.push(format!(
@@ -119,20 +138,36 @@ pub(crate) fn commit(
                 part.rows, part.partition.period, bill.unit.month
             ));
         }
-        let rel = format!("{}/{stem}.parquet", part.partition.dir());
-        if let Err(e) = ctx.lake.publish(&part.staged, &rel) {
-            return Err(unpublish(ctx, previous.as_ref(), &outputs, &staged, e));
-        }
+    }
+    let files: Vec<(PathBuf, String)> = staged
+        .parts
+        .iter()
+        .map(|p| {
+            let rel = format!("{}/{stem}.parquet", p.partition.dir());
+            (p.staged.clone(), rel)
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    let mut total_cost: i128 = 0;
+    let mut rows = 0;
+    let published = ctx.lake.publish_all(&files, &mut |i| {
         fault::point("publish");
+        let part = &staged.parts[i];
         total_cost += part.billed_cost;
         rows += part.rows;
         outputs.push(OutputFile {
-            path: rel,
+            path: files[i].1.clone(),
             rows: part.rows,
             billed_cost: format_decimal(part.billed_cost, scale),
             bytes: part.bytes,
         });
+        Ok(())
+    });
+    if let Err(e) = published {
+        return Err(unpublish(ctx, previous.as_ref(), &outputs, &staged, e));
     }
+    // Stores may publish in any order; the ledger lists a snapshot's files by path.
+    outputs.sort_by(|a, b| a.path.cmp(&b.path));
     let (quarantine, rows_quarantined) = match &staged.quarantine {
         Some((path, n)) => {
             if let Err(e) = ctx.lake.publish(path, &quarantine_rel) {

@@ -274,6 +274,23 @@ impl Lake {
         self.store.put_file(staged, rel)
     }
 
+    /// Publishes many staged files (see [`Store::put_files`]): `published(i)` once file `i` is
+    /// in place. The fence is checked before the first and after each, so a run that loses the
+    /// lock stops publishing.
+    pub fn publish_all(
+        &self,
+        files: &[(PathBuf, String)],
+        published: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        for (_, rel) in files {
+            self.fence.check_rel(rel)?;
+        }
+        self.store.put_files(files, &mut |i| {
+            published(i)?;
+            self.fence.check_rel(&files[i].1)
+        })
+    }
+
     /// Writes small bytes (the ledger) to `rel`, replacing atomically.
     pub fn put(&self, rel: &str, bytes: &[u8]) -> Result<()> {
         self.fence.check_rel(rel)?;

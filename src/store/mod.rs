@@ -18,7 +18,7 @@
 //! Every method is synchronous: the S3 backend runs its requests on its own small Tokio runtime
 //! (see `s3`), so the rest of billpipe stays thread-based.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,20 @@ pub trait Store: Send + Sync {
     /// or uploaded (in parts, above the part size) and removed.
     fn put_file(&self, from: &Path, key: &str) -> Result<()>;
 
+    /// Moves many local files to their keys, each as [`Store::put_file`] does, and calls
+    /// `published(i)` once file `i` is in place (in the order they land, not necessarily the
+    /// list's). Stops at the first error, or when `published` fails, after the moves under way;
+    /// files not moved stay where they were. A backend may move several at once (uploads) or
+    /// make them durable together (locally: one file-system sync instead of two per file); by
+    /// default they go one after the other.
+    fn put_files(
+        &self,
+        files: &[(PathBuf, String)],
+        published: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        put_each(self, files, published)
+    }
+
     /// Writes `bytes` to `key`, replacing atomically.
     fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()>;
 
@@ -89,6 +103,19 @@ pub trait Store: Send + Sync {
 }
 
 /// The message of a stream whose object is not the one listed any more.
+/// [`Store::put_files`] one file after the other.
+pub(crate) fn put_each<S: Store + ?Sized>(
+    store: &S,
+    files: &[(PathBuf, String)],
+    published: &mut dyn FnMut(usize) -> Result<()>,
+) -> Result<()> {
+    for (i, (from, key)) in files.iter().enumerate() {
+        store.put_file(from, key)?;
+        published(i)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn changed(key: &str, listed: u64, read: u64) -> Error {
     Error::rejected(format!(
         "{key}: file changed while it was read ({listed} bytes listed, {read} read)"

@@ -17,9 +17,15 @@ pub fn job(args: RunArgs, command: JobCommand) -> Result<i32> {
     let opts = RunOptions {
         pipeline: args.pipeline.clone(),
         s3: args.s3.options(),
-        write: WriteOptions {
-            zstd_level: args.zstd_level,
-            ..WriteOptions::default()
+        write: {
+            let defaults = WriteOptions::default();
+            WriteOptions {
+                zstd_level: args.zstd_level,
+                small_partition_rows: args
+                    .small_partition_rows
+                    .unwrap_or(defaults.small_partition_rows),
+                ..defaults
+            }
         },
         plan: PlanOptions {
             from: args.from.clone(),

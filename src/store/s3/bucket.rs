@@ -1,7 +1,9 @@
 //! [`S3Store`]: a bucket and a key prefix as a [`Store`] — listing, conditional reads, PUTs
 //! and multipart uploads, deletes — over the connection of an [`S3Context`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -15,6 +17,9 @@ use crate::{Error, Result};
 
 /// Files above this go up in parts of this size, unless `S3Options::part_bytes` says otherwise.
 const MULTIPART_BYTES: u64 = 16 << 20;
+
+/// Uploads under way at once in [`Store::put_files`].
+const PARALLEL_PUTS: usize = 8;
 /// The smallest part S3 and COS accept (but for the last).
 pub const MIN_PART_BYTES: u64 = 5 << 20;
 
@@ -349,6 +354,50 @@ impl Store for S3Store {
             }
         })?;
         std::fs::remove_file(from).map_err(|e| Error::io(from, e))
+    }
+
+    /// Up to [`PARALLEL_PUTS`] uploads at once: a reseller's bill publishes thousands of small
+    /// partition files, and one PUT after the other spends the whole time waiting on the
+    /// network. On the first error no new upload starts; those under way finish and are
+    /// reported.
+    fn put_files(
+        &self,
+        files: &[(PathBuf, String)],
+        published: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        if files.len() < 2 {
+            return crate::store::put_each(self, files, published);
+        }
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let (done, results) = mpsc::channel::<(usize, Result<()>)>();
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL_PUTS.min(files.len()) {
+                let (next, stop, done) = (&next, &stop, done.clone());
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((from, key)) = files.get(i) else {
+                            return;
+                        };
+                        if done.send((i, self.put_file(from, key))).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done);
+            let mut first_error = None;
+            for (i, result) in results {
+                // Every file in place is reported, also after an error, so the caller's
+                // clean-up knows of it.
+                if let Err(e) = result.and_then(|()| published(i)) {
+                    stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
     }
 
     fn put_bytes(&self, key: &str, bytes: &[u8]) -> Result<()> {
