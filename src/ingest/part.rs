@@ -215,7 +215,7 @@ pub(super) fn write_spilled(
                 break;
             }
             // A worker that failed drops its receiver; its own error is the one reported.
-            fed = merge.read(id, &files.schema, |b| {
+            fed = merge.read(id, |b| {
                 tx.send(b.clone())
                     .map_err(|_| Error::Internal("a partition writer stopped".into()))
             });

@@ -11,7 +11,6 @@ use arrow_array::RecordBatch;
 use arrow_ipc::reader::FileReader;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::SchemaRef;
-use arrow_select::concat::concat_batches;
 use arrow_select::interleave::interleave_record_batch;
 
 use crate::{Error, Result};
@@ -158,36 +157,67 @@ impl Merge {
 
     /// Hands every row of partition `id` to `f`, in batches of about [`READ_BATCH_ROWS`] rows.
     /// Partitions must be asked for in ascending order (as [`Merge::partitions`] lists them).
-    pub fn read(
-        &mut self,
-        id: u32,
-        schema: &SchemaRef,
-        mut f: impl FnMut(&RecordBatch) -> Result<()>,
-    ) -> Result<()> {
-        let mut pending: Vec<RecordBatch> = Vec::new();
-        let mut rows = 0;
+    ///
+    /// A small partition has a few rows in each of many run files: its rows are gathered from
+    /// the run batches in one pass (`interleave`), not sliced out and concatenated, which cost
+    /// an allocation per column per slice.
+    pub fn read(&mut self, id: u32, mut f: impl FnMut(&RecordBatch) -> Result<()>) -> Result<()> {
+        let mut gather = Gather::default();
         for cursor in &mut self.cursors {
+            // The source index of the cursor's batch in `gather`, by batch number.
+            let mut current: Option<(usize, usize)> = None;
             while let Some(seg) = cursor.segments.next_if(|s| s.id == id) {
-                pending.push(cursor.batch(seg.batch)?.slice(seg.offset, seg.rows));
-                rows += seg.rows;
-                if rows >= READ_BATCH_ROWS {
-                    f(&joined(schema, &pending)?)?;
-                    pending.clear();
-                    rows = 0;
+                let source = match current {
+                    Some((batch, source)) if batch == seg.batch => source,
+                    _ => gather.add(cursor.batch(seg.batch)?),
+                };
+                current = Some((seg.batch, source));
+                gather.rows(source, seg.offset, seg.rows);
+                if gather.indices.len() >= READ_BATCH_ROWS {
+                    f(&gather.take()?)?;
+                    current = None;
                 }
             }
         }
-        if !pending.is_empty() {
-            f(&joined(schema, &pending)?)?;
+        if !gather.indices.is_empty() {
+            f(&gather.take()?)?;
         }
         Ok(())
     }
 }
 
-/// Slices of run batches as one batch (a single slice as it is, without a copy).
-fn joined(schema: &SchemaRef, slices: &[RecordBatch]) -> Result<RecordBatch> {
-    match slices {
-        [one] => Ok(one.clone()),
-        _ => Ok(concat_batches(schema, slices.iter())?),
+/// Rows picked from a few run batches, to be handed on as one batch.
+#[derive(Default)]
+struct Gather {
+    sources: Vec<RecordBatch>,
+    indices: Vec<(usize, usize)>,
+}
+
+impl Gather {
+    fn add(&mut self, batch: RecordBatch) -> usize {
+        self.sources.push(batch);
+        self.sources.len() - 1
+    }
+
+    fn rows(&mut self, source: usize, offset: usize, rows: usize) {
+        self.indices
+            .extend((offset..offset + rows).map(|row| (source, row)));
+    }
+
+    /// The rows gathered as one batch (a slice when they are one run of one batch); empties.
+    fn take(&mut self) -> Result<RecordBatch> {
+        let sources = std::mem::take(&mut self.sources);
+        let indices = std::mem::take(&mut self.indices);
+        if let ([only], Some(&(_, first))) = (sources.as_slice(), indices.first()) {
+            let contiguous = indices
+                .iter()
+                .enumerate()
+                .all(|(i, &(_, r))| r == first + i);
+            if contiguous {
+                return Ok(only.slice(first, indices.len()));
+            }
+        }
+        let refs: Vec<&RecordBatch> = sources.iter().collect();
+        Ok(interleave_record_batch(&refs, &indices)?)
     }
 }
