@@ -84,6 +84,38 @@ fn the_lock_holder_clears_other_runs_staging_and_keeps_its_own() {
     assert_eq!(std::fs::read_dir(&base).unwrap().count(), 0);
 }
 
+/// Temporary files of killed writers in the lake's own folders (the lock, the ledger, its
+/// journal, shard locks) go once they are old; fresh ones may be a writer at work.
+#[test]
+fn the_lock_holder_removes_old_temporary_files_of_the_ledger() {
+    let (dir, lake) = lake();
+    let meta = dir.path().join("lake/_billpipe");
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let mut stale = Vec::new();
+    for folder in ["", "ledger", "ledger/journal", "locks"] {
+        let folder = meta.join(folder);
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("x.json.run.1.tmp");
+        std::fs::write(&path, b"{").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(old).unwrap();
+        stale.push(path);
+    }
+    let fresh = meta.join("ledger/journal/y.json.run.2.tmp");
+    std::fs::write(&fresh, b"{").unwrap();
+    let entry = meta.join("ledger/journal/20261202T000000Z-run-000001.json");
+    std::fs::write(&entry, b"{}").unwrap();
+    lake.fence.hold(Instant::now(), Duration::from_secs(60));
+    lake.prepare_staging().unwrap();
+    for path in &stale {
+        assert!(!path.exists(), "{} removed", path.display());
+    }
+    assert!(
+        fresh.exists() && entry.exists(),
+        "fresh temporary files and entries stay"
+    );
+}
+
 #[test]
 fn a_lapsed_or_lost_lease_refuses_writes_for_good() {
     let fence = Fence::default();
