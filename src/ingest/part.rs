@@ -18,7 +18,7 @@
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Mutex;
 
 use arrow_array::{Array, Decimal128Array, RecordBatch};
@@ -187,15 +187,17 @@ pub(super) fn write_spilled(
     keys: &[PartitionKey],
     workers: usize,
 ) -> Result<Vec<WrittenPart>> {
-    let ids = std::mem::take(&mut merge.partitions);
+    // Rows of each partition, ascending by id as the merge hands them out.
+    let mut totals = merge.partitions.clone().into_iter();
     // A job is one partition: its id and the channel its batches arrive on.
     let (jobs, job_queue) = mpsc::sync_channel::<(u32, u64, Receiver<RecordBatch>)>(0);
     let job_queue = Mutex::new(job_queue);
     let results = std::thread::scope(|s| {
         let (done, results) = mpsc::channel::<(u32, Result<WrittenPart>)>();
+        let mut started = Ok(());
         for _ in 0..workers.max(1) {
             let (job_queue, done) = (&job_queue, done.clone());
-            s.spawn(move || loop {
+            let worker = move || loop {
                 let job = match job_queue.lock() {
                     Ok(queue) => queue.recv(),
                     Err(_) => return,
@@ -205,24 +207,48 @@ pub(super) fn write_spilled(
                 if done.send((id, written)).is_err() {
                     return;
                 }
-            });
+            };
+            // Named, so a profile tells the writers from the merge feeding them.
+            let spawned = std::thread::Builder::new()
+                .name("billpipe-part".into())
+                .spawn_scoped(s, worker);
+            if let Err(e) = spawned {
+                started = Err(Error::io("partition writer thread", e));
+                break;
+            }
         }
         drop(done);
-        let mut fed = Ok(());
-        for (id, rows) in ids {
-            let (tx, rx) = mpsc::sync_channel::<RecordBatch>(1);
-            if jobs.send((id, rows, rx)).is_err() {
-                break;
-            }
-            // A worker that failed drops its receiver; its own error is the one reported.
-            fed = merge.read(id, |b| {
-                tx.send(b.clone())
-                    .map_err(|_| Error::Internal("a partition writer stopped".into()))
-            });
-            if fed.is_err() {
-                break;
-            }
-        }
+        // The partition being fed: its id and the sender of its job's batches.
+        let mut feeding: Option<(u32, SyncSender<RecordBatch>)> = None;
+        let fed = started.and_then(|()| {
+            merge.read_batches(|batch, held| {
+                let mut offset = 0;
+                for &(id, rows) in held {
+                    let tx = match &feeding {
+                        Some((current, tx)) if *current == id => tx,
+                        _ => {
+                            // The partition before is whole: its writer may close it (and, with
+                            // one worker, must, before it can take this one).
+                            feeding = None;
+                            let total = totals
+                                .find(|&(t, _)| t == id)
+                                .map_or(rows as u64, |(_, total)| total);
+                            let (tx, rx) = mpsc::sync_channel::<RecordBatch>(1);
+                            jobs.send((id, total, rx)).map_err(|_| {
+                                Error::Internal("every partition writer stopped".into())
+                            })?;
+                            &feeding.insert((id, tx)).1
+                        }
+                    };
+                    // A worker that failed drops its receiver; its own error is the one reported.
+                    tx.send(batch.slice(offset, rows))
+                        .map_err(|_| Error::Internal("a partition writer stopped".into()))?;
+                    offset += rows;
+                }
+                Ok(())
+            })
+        });
+        drop(feeding);
         drop(jobs);
         let results: Vec<(u32, Result<WrittenPart>)> = results.iter().collect();
         (fed, results)
