@@ -187,8 +187,6 @@ pub(super) fn write_spilled(
     keys: &[PartitionKey],
     workers: usize,
 ) -> Result<Vec<WrittenPart>> {
-    // Rows of each partition, ascending by id as the merge hands them out.
-    let mut totals = merge.partitions.clone().into_iter();
     // A job is one partition: its id and the channel its batches arrive on.
     let (jobs, job_queue) = mpsc::sync_channel::<(u32, u64, Receiver<RecordBatch>)>(0);
     let job_queue = Mutex::new(job_queue);
@@ -223,16 +221,13 @@ pub(super) fn write_spilled(
         let fed = started.and_then(|()| {
             merge.read_batches(|batch, held| {
                 let mut offset = 0;
-                for &(id, rows) in held {
+                for &(id, total, rows) in held {
                     let tx = match &feeding {
                         Some((current, tx)) if *current == id => tx,
                         _ => {
                             // The partition before is whole: its writer may close it (and, with
                             // one worker, must, before it can take this one).
                             feeding = None;
-                            let total = totals
-                                .find(|&(t, _)| t == id)
-                                .map_or(rows as u64, |(_, total)| total);
                             let (tx, rx) = mpsc::sync_channel::<RecordBatch>(1);
                             jobs.send((id, total, rx)).map_err(|_| {
                                 Error::Internal("every partition writer stopped".into())
