@@ -15,7 +15,27 @@ use billpipe::job::report::{EXIT_FAILED, EXIT_LOCKED};
 use crate::cli::args::Cli;
 use crate::cli::output::{message, stdout_failed};
 
+/// Buffers over 128 KiB come straight from the kernel and go back to it when freed. glibc
+/// raises that threshold to the largest buffer freed so far (up to 32 MiB), after which the
+/// megabyte-sized Arrow and Parquet buffers of every batch come from its heaps, which fragment
+/// and do not shrink: peak RSS of a 20,000-customer consolidated bill went from 300 MiB to
+/// 247 MiB with the threshold fixed (README, reseller section). `MALLOC_MMAP_THRESHOLD_` in the
+/// environment still wins, for measurements.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fix_mmap_threshold() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets a malloc parameter; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fix_mmap_threshold() {}
+
 fn main() -> ExitCode {
+    fix_mmap_threshold();
     let cli = Cli::from_env();
     cli::output::init_logging(&cli.command);
     if let Err(e) = cli::check::check(&cli.command) {

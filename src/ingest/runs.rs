@@ -33,7 +33,7 @@ const RUN_BATCH_ROWS: usize = 1024;
 /// (a few dozen rows each) per `interleave` call that its setup per column and run file is
 /// shared; small, because every partition writer holds a slice, and so the whole batch, until
 /// its file is written (8,192 rows was no faster and 6 MiB more peak RSS at 20,000 customers).
-const READ_BATCH_ROWS: usize = 2048;
+pub(super) const READ_BATCH_ROWS: usize = 2048;
 
 /// Writes `held` (batches with the partition of each row) to `file`, sorted by partition,
 /// rows of a partition in their order; returns what each batch written holds.
