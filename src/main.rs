@@ -18,9 +18,12 @@ use crate::cli::output::{message, stdout_failed};
 /// Buffers over 128 KiB come straight from the kernel and go back to it when freed. glibc
 /// raises that threshold to the largest buffer freed so far (up to 32 MiB), after which the
 /// megabyte-sized Arrow and Parquet buffers of every batch come from its heaps, which fragment
-/// and do not shrink: peak RSS of a 20,000-customer consolidated bill went from 300 MiB to
-/// 247 MiB with the threshold fixed (README, reseller section). `MALLOC_MMAP_THRESHOLD_` in the
-/// environment still wins, for measurements.
+/// and do not shrink: peak RSS of a 20,000-customer consolidated bill is 229-236 MiB with the
+/// threshold fixed and 280-298 MiB without. Fixed only once a snapshot spills to run files, it
+/// came too late (298 MiB): the heaps had grown by then. The cost is system time for the
+/// mappings, ~1 s per GB of CSV of a single-account bill (README, reseller section).
+/// `MALLOC_MMAP_THRESHOLD_` in the environment wins (e.g. 33554432 where memory is plentiful;
+/// an empty value means 0 to glibc: every allocation mapped, ten times slower).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn fix_mmap_threshold() {
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {

@@ -192,6 +192,34 @@ fn every_partition_is_exact_through_run_files() {
     }
 }
 
+/// Partition writers that cannot create their files: the merge stops with their error (it
+/// does not wait for the rows it handed them), and nothing is left in staging.
+#[test]
+fn failing_partition_writers_fail_the_snapshot_without_hanging() {
+    for threads in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer_with(
+            dir.path(),
+            WriteOptions {
+                open_writers: 0,
+                memory_budget: 1,
+                write_threads: threads,
+                ..WriteOptions::default()
+            },
+        );
+        for b in &input() {
+            w.write(b).unwrap();
+        }
+        w.files.staging = dir.path().join("gone");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(w.finish().map(|parts| parts.len())));
+        let finished = rx.recv_timeout(std::time::Duration::from_secs(60));
+        let result = finished.expect("finish must not hang when partition writers fail");
+        assert!(result.is_err(), "{threads} threads: {result:?}");
+        assert_eq!(files(dir.path()), Vec::<String>::new());
+    }
+}
+
 #[test]
 fn abandon_and_drop_remove_run_files() {
     let dir = tempfile::tempdir().unwrap();
