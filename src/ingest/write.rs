@@ -150,7 +150,10 @@ impl PartitionedWriter {
             .clone()
             .into_builder()
             .set_compression(Compression::UNCOMPRESSED)
-            .set_statistics_enabled(EnabledStatistics::Chunk);
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            // One page per column: an offset index would only point at it. Without: 942 instead
+            // of 1,020 MB and ~5 % less CPU for 20,000 customers (two alternating runs each).
+            .set_offset_index_disabled(true);
         for field in schema.fields() {
             if matches!(field.data_type(), DataType::Decimal128(..)) {
                 small_builder = small_builder
