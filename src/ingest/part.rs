@@ -3,17 +3,18 @@
 //! Parquet writer itself; and the parallel writing of the partitions held in run files.
 //!
 //! A reseller's consolidated bill spreads over thousands of partitions, most of them small, so
-//! the fixed cost of a Parquet file (a file, 45 column writers with their zstd contexts, a
-//! footer) is most of the work once the bill is read. [`write_spilled`] spreads those files
+//! the fixed cost of a Parquet file (a file, a column writer per column with its zstd context,
+//! a footer) is most of the work once the bill is read. [`write_spilled`] spreads those files
 //! over a few threads (the decoder is idle by then): the merge of the run files stays on one
 //! thread and reads each run once, front to back; each partition goes whole to one worker, so
-//! its rows keep their order. The channels are bounded, so memory stays at a few batches per
-//! worker plus one open Parquet writer each.
+//! its rows keep their order. The rows the merge hands ahead to the workers are bounded
+//! ([`RowBudget`]), so memory stays at a few merge windows plus one open Parquet writer per
+//! worker.
 //!
 //! A small partition (fewer than [`PartFiles::small_rows`] rows, most customers of a reseller)
 //! is written without compression, with statistics per column chunk only and no offset index
 //! (one page per column), and its decimals without dictionary: its pages hold a
-//! few hundred values, zstd saves little on them, and creating its contexts (45 per file) and
+//! few hundred values, zstd saves little on them, and creating its contexts (one per column) and
 //! the page index was a fifth of the time a consolidated bill took. Measured in the README.
 
 use std::fs::File;
@@ -186,10 +187,10 @@ pub(super) fn close(partition: PartitionKey, part: Part) -> Result<WrittenPart> 
     } = part;
     // `finish` writes the footer and flushes the buffer into the file, reporting its errors;
     // the writer counts the bytes, which saves a `stat` per file.
-    let bytes = writer.finish().map(|_| writer.bytes_written() as u64);
-    if bytes.is_ok() {
+    let bytes = writer.finish().map(|_| {
         start_writeback(writer.inner().get_ref());
-    }
+        writer.bytes_written() as u64
+    });
     drop(writer);
     match bytes.map_err(Error::from) {
         Ok(bytes) => Ok(WrittenPart {
