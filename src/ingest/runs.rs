@@ -3,7 +3,7 @@
 //! file once, front to back.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, BufWriter};
 use std::iter::Peekable;
 use std::path::PathBuf;
 
@@ -47,7 +47,9 @@ pub(super) fn write_run(
         order.extend(ids.iter().enumerate().map(|(r, &id)| (id, b, r)));
     }
     order.sort_unstable();
-    let mut w = FileWriter::try_new_buffered(file, schema)?;
+    // A megabyte of buffer: `try_new_buffered`'s 8 KiB made a write call per 4-16 KiB message,
+    // ~240,000 of them for a 20,000-customer bill.
+    let mut w = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema)?;
     let sources: Vec<&RecordBatch> = held.iter().map(|(b, _)| b).collect();
     let mut batches = Vec::new();
     let mut indices = Vec::with_capacity(RUN_BATCH_ROWS);

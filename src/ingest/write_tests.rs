@@ -248,7 +248,8 @@ fn the_partition_limit_rejects() {
 }
 
 /// Partitions from the run files under `small_partition_rows` rows are written uncompressed
-/// (chunk statistics only); streamed ones and larger ones with zstd and page statistics.
+/// (chunk statistics only, none on text); streamed ones and larger ones with zstd and page
+/// statistics on every column.
 #[test]
 fn small_spilled_partitions_are_uncompressed() {
     use parquet::basic::Compression;
@@ -273,10 +274,13 @@ fn small_spilled_partitions_are_uncompressed() {
             let meta = reader.metadata();
             let codec = meta.row_group(0).column(0).compression();
             let page_index = meta.row_group(0).column(0).column_index_offset().is_some();
+            // Column 1 is text (BillingAccountId), column 2 a decimal (BilledCost).
+            let text_stats = meta.row_group(0).column(1).statistics().is_some();
+            assert!(meta.row_group(0).column(2).statistics().is_some());
             let p = &part.partition;
             out.insert(
                 format!("{} {}", p.period, p.account),
-                (part.rows, codec, page_index),
+                (part.rows, codec, page_index, text_stats),
             );
         }
         out
@@ -284,11 +288,12 @@ fn small_spilled_partitions_are_uncompressed() {
     let zstd = |c: Compression| matches!(c, Compression::ZSTD(_));
     // The first two partitions seen stream to their own writers: always zstd.
     let mut seen = (0, 0);
-    for (account, (rows, codec, page_index)) in codecs(60) {
+    for (account, (rows, codec, page_index, text_stats)) in codecs(60) {
         let streamed = account == "2025-12 acct-000" || account == "2025-11 acct-007";
         let small = rows < 60 && !streamed;
         assert_eq!(zstd(codec), !small, "{account}: {rows} rows, {codec:?}");
         assert_eq!(page_index, !small, "{account}: page index");
+        assert_eq!(text_stats, !small, "{account}: statistics of a text column");
         if small {
             seen.0 += 1
         } else if !streamed {
@@ -300,7 +305,7 @@ fn small_spilled_partitions_are_uncompressed() {
         "small and large spilled partitions: {seen:?}"
     );
     assert!(
-        codecs(0).values().all(|(_, c, _)| zstd(*c)),
+        codecs(0).values().all(|(_, c, _, _)| zstd(*c)),
         "0 turns it off"
     );
 }
