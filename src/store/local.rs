@@ -21,7 +21,7 @@
 //! appears whole and fails if the name exists: an exclusive, atomic create. Deleting tidies the
 //! folders it leaves empty, so globbing readers of a lake do not trip on them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +45,34 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// Whether the folders of `files` are all on the lake's device (so one `syncfs` covers
+    /// them and a rename moves them). Each distinct folder is looked at once.
+    fn on_lake_device<'a>(&self, files: impl Iterator<Item = &'a PathBuf>) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let device = |dir: &Path| std::fs::metadata(dir).map(|m| m.dev()).ok();
+            let Some(lake) = device(&self.root) else {
+                return false;
+            };
+            let mut seen: HashSet<&Path> = HashSet::new();
+            for file in files {
+                let Some(dir) = file.parent() else {
+                    return false;
+                };
+                if seen.insert(dir) && device(dir) != Some(lake) {
+                    return false;
+                }
+            }
+            true
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = files;
+            false
+        }
+    }
+
     /// A store rooted at `root`; `tag` goes into the names of its temporary files (a run id).
     pub fn new(root: impl Into<PathBuf>, tag: &str) -> Self {
         LocalStore {
@@ -365,18 +393,20 @@ impl Store for LocalStore {
     }
 
     /// `put_file` syncs each file and then its folder: two syncs per file, most of publishing a
-    /// reseller's bill of thousands of partitions. On Linux, when every file is staged in one
-    /// folder, one `syncfs` makes them all durable before the first rename and one more makes
-    /// the renames durable before this returns (and so before the ledger records them): the
-    /// same order, two syncs in all.
+    /// reseller's bill of thousands of partitions. On Linux, when every file is staged on the
+    /// lake's file system, one `syncfs` makes them all durable before the first rename and one
+    /// more makes the renames durable before this returns (and so before the ledger records
+    /// them): the same order, two syncs in all. Files may be staged in several folders (one per
+    /// partition writer thread); their folders are checked to be on the lake's device.
     fn put_files(
         &self,
         files: &[(PathBuf, String)],
         published: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<()> {
         let staging = files.first().and_then(|(f, _)| f.parent());
-        let one_folder = files.iter().all(|(f, _)| f.parent() == staging);
-        let Some(staging) = staging.filter(|_| one_folder && files.len() > 1 && CAN_SYNC_FS) else {
+        let Some(staging) = staging.filter(|_| {
+            files.len() > 1 && CAN_SYNC_FS && self.on_lake_device(files.iter().map(|(f, _)| f))
+        }) else {
             return super::put_each(self, files, published);
         };
         sync_file_system(staging)?;
