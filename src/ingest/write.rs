@@ -156,8 +156,8 @@ impl PartitionedWriter {
             .set_offset_index_disabled(true);
         // Their text columns carry no statistics: min and max of a string cost two byte
         // comparisons per value, ~7 % of the CPU of a 20,000-customer bill (three alternating
-        // runs on tmpfs), and prune nothing worth having in a file of a few dozen rows that a
-        // reader opens for its footer anyway. Times, decimals and integers keep theirs.
+        // runs on tmpfs), and prune nothing worth having in a file of at most a few thousand
+        // rows whose footer a reader opens anyway. Times, decimals and integers keep theirs.
         for field in schema.fields() {
             let column = ColumnPath::from(field.name().as_str());
             match field.data_type() {
