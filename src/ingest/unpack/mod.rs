@@ -45,6 +45,7 @@
 //! Files: this module sniffs and dispatches (`for_each_member`); `archive` reads the members of
 //! a zip, `stream` holds the readers that decompress gzip and guard every stream's size.
 
+mod ahead;
 mod archive;
 mod stream;
 #[cfg(test)]
@@ -169,7 +170,9 @@ pub fn for_each_member(
     match kind {
         Compression::Zip => zip_members(input, key, limits, spill_dir, each),
         Compression::Plain => {
-            decompressed(kind, &mut input, key, limits, each)?;
+            // The fetch thread already reads a plain object ahead: no thread of our own.
+            each(key, &mut input)?;
+            ensure_drained(&mut input, key)?;
             Ok(Vec::new())
         }
         kind => {
@@ -180,36 +183,45 @@ pub fn for_each_member(
 }
 
 /// Hands the bytes of one plain, gzip or zstd stream, decompressed, to `each`, then checks that
-/// the stream was read to its end.
+/// the stream was read to its end. The stream is read ahead on a thread of its own (`ahead`).
 fn decompressed(
     kind: Compression,
-    input: &mut dyn Read,
+    input: &mut (dyn Read + Send),
     name: &str,
     limits: &Limits,
     each: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    match kind {
-        Compression::Plain => each(name, input)?,
+    let left = match kind {
+        Compression::Plain => ahead::read_ahead(input, |r| each(name, r))?.1,
         Compression::Gzip => {
             let (counted, consumed) = Counted::new(&mut *input);
             let decoder = GzipStream::new(counted, consumed.clone());
             let mut reader = Guarded::new(decoder, name, limits).consumed(consumed);
-            each(name, &mut reader)?;
+            ahead::read_ahead(&mut reader, |r| each(name, r))?.1
         }
         Compression::Zstd => {
             let (counted, consumed) = Counted::new(&mut *input);
             let decoder = zstd::stream::read::Decoder::new(counted)
                 .map_err(|e| Error::rejected(format!("{name}: not a readable zstd stream: {e}")))?;
             let mut reader = Guarded::new(decoder, name, limits).consumed(consumed);
-            each(name, &mut reader)?;
+            ahead::read_ahead(&mut reader, |r| each(name, r))?.1
         }
         Compression::Zip => {
             return Err(Error::rejected(format!(
                 "{name} is itself a zip archive; archives inside archives are not unpacked"
             )))
         }
+    };
+    if left {
+        return Err(not_drained(name));
     }
     ensure_drained(input, name)
+}
+
+fn not_drained(name: &str) -> Error {
+    Error::rejected(format!(
+        "{name}: reading stopped before the end of the data; nothing of it is loaded"
+    ))
 }
 
 /// After a consumer is done with a stream: nothing may be left unread (see the module docs).
@@ -217,9 +229,7 @@ fn ensure_drained(input: &mut dyn Read, name: &str) -> Result<()> {
     let mut byte = [0u8; 1];
     match input.read(&mut byte) {
         Ok(0) => Ok(()),
-        Ok(_) => Err(Error::rejected(format!(
-            "{name}: reading stopped before the end of the data; nothing of it is loaded"
-        ))),
+        Ok(_) => Err(not_drained(name)),
         Err(e) => Err(Error::rejected(format!("{name}: {e}"))),
     }
 }
