@@ -10,9 +10,16 @@
 # equals the generator's totals (read back with `billpipe totals --json`).
 #
 # Usage: scripts/reseller-scale.sh [BINARY]   (default target/release/billpipe, built if absent)
-# After each consolidated case, the month is delivered again without its last 100 customers
+# After each consolidated load, the month is delivered again without its last 100 customers
 # (SCALE_DROPPED) and loaded into the same lake, which must then equal the new bill exactly.
-# Env: SCALE_CASES="3000:300 20000:1000", SCALE_DIR=reseller-work (removed case by case).
+#
+# The three loads of a case (consolidated, re-delivered, single account) run in SCALE_ROUNDS
+# rounds (default 3), one after the other within a round, and the case ends with the ratio of
+# each consolidated throughput to the single-account throughput *of the same round*, and their
+# median: on this project's VMs the same run's wall time varies by 20-30 % within minutes (CPU
+# and disk shared with other machines), so only loads measured side by side compare.
+# Env: SCALE_CASES="3000:300 20000:1000", SCALE_ROUNDS=3, SCALE_DIR=reseller-work (removed case
+# by case).
 # Needs: python3, /usr/bin/time (Debian package `time`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +30,7 @@ work=${SCALE_DIR:-reseller-work}
 month=2025-11 # 30 days
 reseller=500000000009
 DROPPED=${SCALE_DROPPED:-100} # customers left out of the re-delivered consolidated bill
+rounds=${SCALE_ROUNDS:-3}
 mkdir -p "$work"
 
 # Bytes per row of the detail bill, from a probe.
@@ -46,10 +54,10 @@ measure() { # label, csv bytes, totals file, source dir [keep: load into the las
   /usr/bin/time -v "$bin" run --source "$src" --dest "$lake" --report "$work/report.json" \
     > "$work/run.out" 2> "$log" || { cat "$work/run.out" "$log"; echo "$label: run failed"; return 1; }
   "$bin" totals --dest "$lake" --month $month --json > "$work/totals.json"
-  python3 - "$label" "$bytes" "$log" "$totals" "$work/totals.json" <<'PY'
+  python3 - "$label" "$bytes" "$log" "$totals" "$work/totals.json" "$work/seconds.txt" <<'PY'
 import json, re, sys
 from decimal import Decimal
-label, nbytes, log, gen, lake = sys.argv[1:]
+label, nbytes, log, gen, lake, seconds = sys.argv[1:]
 text = open(log).read()
 wall = text.split("Elapsed (wall clock) time (h:mm:ss or m:ss): ")[1].split()[0]
 secs = 0.0
@@ -67,6 +75,8 @@ exact = got == want and len(want) > 0
 mb = int(nbytes) / 1e6
 print(f"{label:<28} {mb:8.0f} MB CSV {secs:7.1f} s {mb / secs:7.1f} MB/s "
       f"peak RSS {rss_kb / 1024:6.0f} MB  partitions {len(got):6d}  exact: {'yes' if exact else 'no'}")
+with open(seconds, "a") as out:
+    out.write(f"{mb / secs}\n")
 PY
 }
 
@@ -75,27 +85,43 @@ for case in $cases; do
   mb=${case#*:}
   rpd=$(( (mb * 1000000 / bpr / 30 + customers / 2) / customers ))
   [ "$rpd" -ge 1 ] || rpd=1
-  for shape in consolidated single; do
-    src="$work/src"
-    rm -rf "$src" && mkdir -p "$src"
-    if [ $shape = consolidated ]; then
-      n=$customers rows=$rpd
+  left=$((customers - DROPPED))
+  # The three sources: the consolidated bill; the same folder plus the month re-delivered
+  # without the last $DROPPED customers, other numbers (another seed, so another object name,
+  # delivered later); one account with as many rows. The generator's totals of each are kept.
+  rm -rf "$work"/src-* && mkdir -p "$work/src-c" "$work/src-s"
+  "$bin" generate --month $month --account $reseller --customers "$customers" --rows-per-day $rpd \
+    --seed 12 --out-dir "$work/src-c" > "$work/gen-c.txt"
+  cp -r "$work/src-c" "$work/src-r"
+  if [ "$left" -ge 1 ]; then
+    "$bin" generate --month $month --account $reseller --customers $left --rows-per-day $rpd \
+      --seed 13 --out-dir "$work/src-r" > "$work/gen-r.txt"
+  fi
+  "$bin" generate --month $month --account $reseller --customers 1 \
+    --rows-per-day $((rpd * customers)) --seed 12 --out-dir "$work/src-s" > "$work/gen-s.txt"
+  bytes() { awk 'NR==1 {print $(NF-2)}' "$1"; }
+  rm -f "$work/seconds.txt"
+  for round in $(seq "$rounds"); do
+    echo "round $round of $rounds, $customers customers"
+    measure "consolidated ($customers customers)" "$(bytes "$work/gen-c.txt")" "$work/gen-c.txt" "$work/src-c"
+    # The lake must then equal the new bill exactly: those customers' partitions gone, every
+    # other one replaced.
+    if [ "$left" -ge 1 ]; then
+      measure "re-delivered ($left left)" "$(bytes "$work/gen-r.txt")" "$work/gen-r.txt" "$work/src-r" keep
     else
-      n=1 rows=$((rpd * customers))
+      echo "0" >> "$work/seconds.txt"
     fi
-    "$bin" generate --month $month --account $reseller --customers $n --rows-per-day $rows \
-      --seed 12 --out-dir "$src" > "$work/generated.txt"
-    bytes=$(awk 'NR==1 {print $(NF-2)}' "$work/generated.txt")
-    measure "$shape ($n customers)" "$bytes" "$work/generated.txt" "$src"
-    if [ $shape = consolidated ] && [ "$customers" -gt "$DROPPED" ]; then
-      # Re-delivered: the month again without the last $DROPPED customers, other numbers (another
-      # seed, so another object name, delivered later). The lake must then equal the new bill
-      # exactly: those customers' partitions gone, every other one replaced.
-      "$bin" generate --month $month --account $reseller --customers $((n - DROPPED)) \
-        --rows-per-day $rows --seed 13 --out-dir "$src" > "$work/generated.txt"
-      bytes=$(awk 'NR==1 {print $(NF-2)}' "$work/generated.txt")
-      measure "re-delivered ($((n - DROPPED)) left)" "$bytes" "$work/generated.txt" "$src" keep
-    fi
+    measure "single (1 customer)" "$(bytes "$work/gen-s.txt")" "$work/gen-s.txt" "$work/src-s"
   done
+  python3 - "$work/seconds.txt" "$customers" <<'PY'
+import statistics, sys
+rates = [float(x) for x in open(sys.argv[1])]
+rounds = [rates[i:i + 3] for i in range(0, len(rates), 3)]
+for k, name in ((0, "consolidated"), (1, "re-delivered")):
+    ratios = [r[k] / r[2] for r in rounds if r[k] > 0]
+    if ratios:
+        print(f"{sys.argv[2]} customers, {name} / single-account throughput by round: "
+              + " ".join(f"{x:.0%}" for x in ratios) + f"; median {statistics.median(ratios):.0%}")
+PY
 done
-rm -rf "$work/src"
+rm -rf "$work"/src-*
