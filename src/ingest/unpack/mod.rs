@@ -43,7 +43,8 @@
 //! that from a consumer that stopped on an error (see `fetch`).
 //!
 //! Files: this module sniffs and dispatches (`for_each_member`); `archive` reads the members of
-//! a zip, `stream` holds the readers that decompress gzip and guard every stream's size.
+//! a zip, `stream` holds the readers that decompress gzip and guard every stream's size, and
+//! `ahead` runs a decompressing stream on a thread of its own, a few chunks ahead of its reader.
 
 mod ahead;
 mod archive;
