@@ -192,20 +192,18 @@ fn decompressed(
     limits: &Limits,
     each: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    let left = match kind {
-        Compression::Plain => ahead::read_ahead(input, |r| each(name, r))?.1,
+    let mut reader: Box<dyn Read + Send + '_> = match kind {
+        Compression::Plain => Box::new(&mut *input),
         Compression::Gzip => {
             let (counted, consumed) = Counted::new(&mut *input);
             let decoder = GzipStream::new(counted, consumed.clone());
-            let mut reader = Guarded::new(decoder, name, limits).consumed(consumed);
-            ahead::read_ahead(&mut reader, |r| each(name, r))?.1
+            Box::new(Guarded::new(decoder, name, limits).consumed(consumed))
         }
         Compression::Zstd => {
             let (counted, consumed) = Counted::new(&mut *input);
             let decoder = zstd::stream::read::Decoder::new(counted)
                 .map_err(|e| Error::rejected(format!("{name}: not a readable zstd stream: {e}")))?;
-            let mut reader = Guarded::new(decoder, name, limits).consumed(consumed);
-            ahead::read_ahead(&mut reader, |r| each(name, r))?.1
+            Box::new(Guarded::new(decoder, name, limits).consumed(consumed))
         }
         Compression::Zip => {
             return Err(Error::rejected(format!(
@@ -213,6 +211,8 @@ fn decompressed(
             )))
         }
     };
+    let (_, left) = ahead::read_ahead(&mut *reader, |r| each(name, r))?;
+    drop(reader);
     if left {
         return Err(not_drained(name));
     }
