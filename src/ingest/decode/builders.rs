@@ -1,6 +1,7 @@
 //! Per-batch helpers of the decoder: raw cell bytes from a column's source (fields, constants,
 //! mapping tables), the Arrow builders one batch is collected in, and `zero_when`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{BinaryBuilder, Decimal128Builder, TimestampMicrosecondBuilder};
@@ -42,6 +43,75 @@ pub(super) fn resolve<'a>(
                 }
             }
         }
+    }
+}
+
+/// What a mapping table answered for the raw bytes of one output column's field, remembered
+/// for the rows after: a bill repeats a few dozen Transaction Types and one or two billing months
+/// over millions of rows, and looking each up afresh (lossy UTF-8, trim, a new lower-case
+/// `String`, SipHash) — five tables per row of a Tencent bill, the text ones twice — was about a
+/// tenth of the decode thread's time. Only answers are remembered (a value missing from the
+/// table takes the full path every time, so each such row gets its finding), and at most
+/// [`TableMemo::MAX`] distinct raw values, so odd input cannot grow it without bound.
+#[derive(Debug, Default)]
+pub(super) struct TableMemo {
+    seen: HashMap<Vec<u8>, usize>,
+    values: Vec<Vec<u8>>,
+    /// The raw bytes last asked for and their answer: rows in a row often agree, and the text
+    /// columns are asked twice per row (checked, then appended).
+    last: Option<(Vec<u8>, usize)>,
+}
+
+/// Where a table column's value for the row is: remembered in the memo, or (memo full) the
+/// table's own bytes.
+pub(super) enum Looked<'a> {
+    Remembered(usize),
+    Direct(&'a [u8]),
+}
+
+impl TableMemo {
+    pub const MAX: usize = 4096;
+
+    /// The answer of `source` (a table) for `record`, as [`resolve`] gives it.
+    pub fn look_up<'a>(
+        &mut self,
+        source: &'a Source,
+        record: &'a ByteRecord,
+    ) -> std::result::Result<Looked<'a>, (String, String)> {
+        let Source::Table { field, .. } = source else {
+            return Ok(Looked::Direct(resolve(source, record)?.unwrap_or(b"")));
+        };
+        let raw = record.get(*field).unwrap_or(b"");
+        if let Some((last, i)) = &self.last {
+            if last.as_slice() == raw {
+                return Ok(Looked::Remembered(*i));
+            }
+        }
+        let i = match self.seen.get(raw) {
+            Some(&i) => i,
+            None => {
+                let answer = resolve(source, record)?.unwrap_or(b"");
+                if self.values.len() >= Self::MAX {
+                    return Ok(Looked::Direct(answer));
+                }
+                self.values.push(answer.to_vec());
+                self.seen.insert(raw.to_vec(), self.values.len() - 1);
+                self.values.len() - 1
+            }
+        };
+        match &mut self.last {
+            Some((last, at)) => {
+                last.clear();
+                last.extend_from_slice(raw);
+                *at = i;
+            }
+            None => self.last = Some((raw.to_vec(), i)),
+        }
+        Ok(Looked::Remembered(i))
+    }
+
+    pub fn value(&self, i: usize) -> &[u8] {
+        &self.values[i]
     }
 }
 

@@ -78,7 +78,7 @@ pub use crate::values::{
     year_month_from_days,
 };
 
-use builders::{lines_of, resolve, zero_where, Builder};
+use builders::{lines_of, resolve, zero_where, Builder, Looked, TableMemo};
 use guard::{Guard, RecordLines};
 use layout::{Kind, Source};
 
@@ -182,6 +182,8 @@ pub struct CsvDecoder<R: Read> {
     scale: i8,
     record: ByteRecord,
     scratch: Vec<Value>,
+    /// Per output column, the answers of its mapping table (empty for other columns).
+    tables: Vec<TableMemo>,
     finished: bool,
     /// Data rows read so far (loaded or not) and the line the last one started on.
     rows_seen: u64,
@@ -254,6 +256,11 @@ impl<R: Read> CsvDecoder<R> {
             empty_is_null: options.null_values.iter().any(Vec::is_empty),
             header_len: header.len(),
             scratch: vec![Value::Null; layout.columns.len()],
+            tables: layout
+                .columns
+                .iter()
+                .map(|_| TableMemo::default())
+                .collect(),
             layout: Arc::new(layout),
             key: key.to_string(),
             options,
@@ -346,7 +353,18 @@ impl<R: Read> CsvDecoder<R> {
             self.stray_quote_finding(at, stray);
         }
         for (c, col) in self.layout.columns.iter().enumerate() {
-            let field = match resolve(&col.source, &self.record) {
+            let resolved = match &col.source {
+                Source::Table { .. } => {
+                    self.tables[c]
+                        .look_up(&col.source, &self.record)
+                        .map(|looked| match looked {
+                            Looked::Remembered(i) => Some(self.tables[c].value(i)),
+                            Looked::Direct(v) => Some(v),
+                        })
+                }
+                source => resolve(source, &self.record),
+            };
+            let field = match resolved {
                 Ok(Some(f)) => f,
                 Ok(None) => {
                     self.scratch[c] = Value::Null;
@@ -479,8 +497,16 @@ impl<R: Read> CsvDecoder<R> {
                     (Value::Null, b) => b.append_null(),
                     (Value::Text, Builder::Utf8(b)) => {
                         // Checked as UTF-8 in parse_record; the array is re-checked in bulk.
-                        let value = resolve(src, &self.record).ok().flatten();
-                        b.append_value(value.unwrap_or(b""));
+                        let value = match src {
+                            Source::Table { .. } => match self.tables[c].look_up(src, &self.record)
+                            {
+                                Ok(Looked::Remembered(i)) => self.tables[c].value(i),
+                                Ok(Looked::Direct(v)) => v,
+                                Err(_) => b"",
+                            },
+                            src => resolve(src, &self.record).ok().flatten().unwrap_or(b""),
+                        };
+                        b.append_value(value);
                     }
                     (Value::Decimal(v), Builder::Decimal(b)) => b.append_value(v),
                     (Value::Micros(v), Builder::Timestamp(b)) => b.append_value(v),

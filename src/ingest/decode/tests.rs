@@ -195,3 +195,59 @@ fn long_lines_are_bounded_whatever_ends_them() {
     let (records, _) = guard_records(text.as_bytes(), 8192);
     assert_eq!(records.len(), 200);
 }
+
+/// The memo answers as the table does: for every raw spelling, first time or remembered, and
+/// past its size limit; a value the table does not know is an error every time it is met.
+#[test]
+fn table_memo_answers_as_the_table_does() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::builders::{resolve, Looked, TableMemo};
+    use super::layout::Source;
+
+    let table: HashMap<String, Vec<u8>> = [("deduction", "Usage"), ("voucher deduction", "Credit")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let source = Source::Table {
+        field: 1,
+        native: "Transaction Type".into(),
+        values: Arc::new(table),
+    };
+    let answer = |memo: &mut TableMemo, raw: &str| {
+        let record = ByteRecord::from(vec!["x", raw]);
+        let expected = resolve(&source, &record).map(|v| v.map(<[u8]>::to_vec));
+        let got = memo.look_up(&source, &record).map(|looked| match looked {
+            Looked::Remembered(i) => Some(memo.value(i).to_vec()),
+            Looked::Direct(v) => Some(v.to_vec()),
+        });
+        assert_eq!(got, expected, "{raw:?}");
+        got
+    };
+    let mut memo = TableMemo::default();
+    for raw in [
+        "Deduction",
+        "Deduction",
+        " voucher DEDUCTION ",
+        "Deduction",
+        "Voucher deduction",
+        "Voucher deduction",
+        "Refund",
+        "Refund",
+        "Deduction",
+    ] {
+        let _checked_against_the_table = answer(&mut memo, raw);
+    }
+    assert!(answer(&mut memo, "Refund").is_err());
+    // Past the limit of remembered spellings, answers still come from the table.
+    for i in 0..TableMemo::MAX + 10 {
+        let raw = format!("{}Deduction{}", " ".repeat(i % 7), " ".repeat(i / 7));
+        assert_eq!(answer(&mut memo, &raw), Ok(Some(b"Usage".to_vec())));
+    }
+    assert_eq!(
+        answer(&mut memo, "voucher deduction"),
+        Ok(Some(b"Credit".to_vec()))
+    );
+    assert!(answer(&mut memo, "Refund").is_err());
+}
