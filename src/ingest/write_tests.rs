@@ -254,8 +254,8 @@ fn the_partition_limit_rejects() {
 }
 
 /// Partitions from the run files under `small_partition_rows` rows are written uncompressed
-/// (chunk statistics only, none on text); streamed ones and larger ones with zstd and page
-/// statistics on every column.
+/// (chunk statistics only, none on text; no dictionary for a column whose values do not repeat);
+/// streamed ones and larger ones with zstd, page statistics and dictionaries on every column.
 #[test]
 fn small_spilled_partitions_are_uncompressed() {
     use parquet::basic::Compression;
@@ -283,10 +283,21 @@ fn small_spilled_partitions_are_uncompressed() {
             // Column 1 is text (BillingAccountId), column 2 a decimal (BilledCost).
             let text_stats = meta.row_group(0).column(1).statistics().is_some();
             assert!(meta.row_group(0).column(2).statistics().is_some());
+            // Column 3 (Row) never repeats: a small partition stores it without a dictionary;
+            // column 1 (BillingAccountId) is one value per partition: it keeps its dictionary.
+            let dictionary = |c: usize| meta.row_group(0).column(c).dictionary_page_offset();
             let p = &part.partition;
+            let key = format!("{} {}", p.period, p.account);
+            assert!(dictionary(1).is_some(), "{key}: account dictionary");
             out.insert(
-                format!("{} {}", p.period, p.account),
-                (part.rows, codec, page_index, text_stats),
+                key,
+                (
+                    part.rows,
+                    codec,
+                    page_index,
+                    text_stats,
+                    dictionary(3).is_some(),
+                ),
             );
         }
         out
@@ -294,12 +305,16 @@ fn small_spilled_partitions_are_uncompressed() {
     let zstd = |c: Compression| matches!(c, Compression::ZSTD(_));
     // The first two partitions seen stream to their own writers: always zstd.
     let mut seen = (0, 0);
-    for (account, (rows, codec, page_index, text_stats)) in codecs(60) {
+    for (account, (rows, codec, page_index, text_stats, row_dictionary)) in codecs(60) {
         let streamed = account == "2025-12 acct-000" || account == "2025-11 acct-007";
         let small = rows < 60 && !streamed;
         assert_eq!(zstd(codec), !small, "{account}: {rows} rows, {codec:?}");
         assert_eq!(page_index, !small, "{account}: page index");
         assert_eq!(text_stats, !small, "{account}: statistics of a text column");
+        assert_eq!(
+            row_dictionary, !small,
+            "{account}: dictionary of a unique column"
+        );
         if small {
             seen.0 += 1
         } else if !streamed {
@@ -311,7 +326,7 @@ fn small_spilled_partitions_are_uncompressed() {
         "small and large spilled partitions: {seen:?}"
     );
     assert!(
-        codecs(0).values().all(|(_, c, _, _)| zstd(*c)),
+        codecs(0).values().all(|(_, c, _, _, _)| zstd(*c)),
         "0 turns it off"
     );
 }
