@@ -53,7 +53,11 @@ fn unpublish(
     if matches!(e, Error::Locked(_)) {
         return e;
     }
-    let was_there = |path: &str| previous.is_some_and(|p| p.outputs.iter().any(|o| o.path == path));
+    let before: HashSet<&str> = previous
+        .iter()
+        .flat_map(|p| p.outputs.iter().map(|o| o.path.as_str()))
+        .collect();
+    let was_there = |path: &str| before.contains(path);
     let mut restored = true;
     for o in done.iter().filter(|o| !was_there(&o.path)) {
         restored &= ctx.lake.delete(&o.path).is_ok();
@@ -184,8 +188,11 @@ pub(crate) fn commit(
     };
     fault::point("cleanup");
     if let Some(prev) = &previous {
+        // A set, not a scan of `outputs` per old file: a reseller's re-delivery replaces
+        // 20,000 files, and the scan (20,000 x 20,000 path comparisons) was 1.5 s of its commit.
+        let now: HashSet<&str> = outputs.iter().map(|o| o.path.as_str()).collect();
         for old in &prev.outputs {
-            if !outputs.iter().any(|o| o.path == old.path) {
+            if !now.contains(old.path.as_str()) {
                 ctx.lake.delete(&old.path)?;
             }
         }
