@@ -119,6 +119,7 @@ pub(crate) fn commit(
     entry: &mut ObjectReport,
 ) -> Result<()> {
     let stem = bill.unit.file_stem();
+    let started = std::time::Instant::now();
     let scale = ctx.pipeline.schema.decimal_scale;
     let previous = lock_ledger(&ctx.ledger)?.get(&bill.unit).cloned();
     let quarantine_rel = format!("{QUARANTINE_DIR}/{stem}.csv");
@@ -135,6 +136,7 @@ pub(crate) fn commit(
     if let Err(e) = no_other_unit_there(ctx, &staged, &stem) {
         return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
     }
+    let checked = started.elapsed();
     for part in &staged.parts {
         if part.partition.period != bill.unit.month {
             entry.notes.push(format!(
@@ -186,6 +188,7 @@ pub(crate) fn commit(
             (None, 0)
         }
     };
+    let publish_done = started.elapsed();
     fault::point("cleanup");
     if let Some(prev) = &previous {
         // A set, not a scan of `outputs` per old file: a reseller's re-delivery replaces
@@ -198,6 +201,7 @@ pub(crate) fn commit(
         }
     }
     let billed_cost = format_decimal(total_cost, scale);
+    let cleaned = started.elapsed();
     fault::point("ledger");
     let mut ledger = lock_ledger(&ctx.ledger)?;
     ledger.append(
@@ -220,6 +224,14 @@ pub(crate) fn commit(
         },
     )?;
     drop(ledger);
+    tracing::debug!(
+        "commit of {} files: checked {:.3} s, published {:.3} s, old files removed {:.3} s, ledger {:.3} s",
+        outputs.len(),
+        checked.as_secs_f64(),
+        (publish_done - checked).as_secs_f64(),
+        (cleaned - publish_done).as_secs_f64(),
+        (started.elapsed() - cleaned).as_secs_f64()
+    );
     entry.rows_loaded = rows;
     entry.rows_quarantined = rows_quarantined;
     entry.reconciliation = Some(Reconciliation::new(&staged.tally, total_cost, scale));

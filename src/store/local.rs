@@ -107,6 +107,20 @@ impl LocalStore {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let path = entry.path();
             let file_type = entry.file_type().map_err(|e| Error::io(&path, e))?;
+            // A plain folder is walked without a `stat` or a `canonicalize`: its canonical path
+            // is its parent's plus its name. A lake's month is 20,000 customer folders, listed
+            // whole before every reseller commit, and the `statx` calls of `canonicalize` (one
+            // per path component) were most of that listing.
+            if file_type.is_dir() {
+                let real = match walking.last() {
+                    Some(parent) => parent.join(entry.file_name()),
+                    None => std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?,
+                };
+                walking.push(real);
+                self.walk(&path, walking, out, renamed)?;
+                walking.pop();
+                continue;
+            }
             // Follow symbolic links. One that cannot be followed (its target is gone, or it
             // loops) is listed as the link itself: reading it then says why, for that object.
             let meta = match std::fs::metadata(&path) {
@@ -310,10 +324,10 @@ impl Store for LocalStore {
         let mut out = Vec::new();
         let mut renamed = HashMap::new();
         let mut walking = vec![std::fs::canonicalize(&self.root).unwrap_or(self.root.clone())];
-        if let Ok(real) = std::fs::canonicalize(&start) {
-            if !walking.contains(&real) {
-                walking.push(real);
-            }
+        // The last entry must be `start`'s canonical path: `walk` derives its folders' from it.
+        let real = std::fs::canonicalize(&start).map_err(|e| Error::io(&start, e))?;
+        if walking.last() != Some(&real) {
+            walking.push(real);
         }
         self.walk(&start, &mut walking, &mut out, &mut renamed)?;
         out.retain(|o| o.key.starts_with(prefix));
