@@ -176,6 +176,19 @@ fn zip_with_two_members_of_one_name_is_refused_naming_it_and_the_lake_keeps_its_
         zip_with_duplicate("part-1.csv", &c_parts[0], &c_parts[1]),
     )
     .unwrap();
+    // D's monthly: one bill under two names (a copy saved as "bill (1).csv", another in a
+    // folder) — the same money twice, whatever the names say.
+    let d = "820000000004";
+    let d_month = csv(d, None, 10, 4);
+    std::fs::write(
+        src.path().join(name(d, None)),
+        zip_of(&[
+            ("bill.csv", &d_month),
+            ("bill (1).csv", &d_month),
+            ("b/bill.csv", &d_month),
+        ]),
+    )
+    .unwrap();
 
     let (out, report) = run_job(
         src.path().to_str().unwrap(),
@@ -195,7 +208,12 @@ fn zip_with_two_members_of_one_name_is_refused_naming_it_and_the_lake_keeps_its_
         "{r}"
     );
     assert!(out.stdout.contains("part-1.csv"), "{}", out.stdout);
-    // Nothing of either zip reached the lake: A keeps its day-5 snapshot, C has none.
+    let r = rejected(&report, &name(d, None));
+    assert!(
+        r.contains("zip members \"bill.csv\" and \"bill (1).csv\" are identical copies"),
+        "{r}"
+    );
+    // Nothing of any of these zips reached the lake: A keeps its day-5 snapshot, C has none.
     assert_eq!(local_lake_sums(lake.path()), expected);
 }
 

@@ -370,10 +370,12 @@ impl PartitionedWriter {
         self.runs.push(Run {
             path,
             batches: Vec::new(),
+            columns: Vec::new().into(),
         });
-        let batches = write_run(file, &self.files.schema, &self.held)?;
+        let (batches, columns) = write_run(file, &self.files.schema, &self.held)?;
         if let Some(run) = self.runs.last_mut() {
             run.batches = batches;
+            run.columns = columns;
         }
         self.held.clear();
         self.held_bytes = 0;
@@ -407,7 +409,7 @@ impl PartitionedWriter {
             }
         }
         let closed = started.elapsed().as_secs_f64();
-        let mut merge = Merge::open(&self.runs)?;
+        let mut merge = Merge::open(&self.runs, &self.files.schema)?;
         // Every direct writer is closed by now, so the keys can go to other threads.
         let keys: Vec<PartitionKey> = self.parts.iter().map(|p| p.key.clone()).collect();
         out.extend(write_spilled(

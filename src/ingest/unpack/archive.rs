@@ -137,6 +137,7 @@ pub(super) fn zip_members(
     let mut notes = Vec::new();
     let mut macosx = 0;
     let mut wanted = Vec::new(); // (index, raw name, file name)
+    let mut contents: HashMap<(u32, u64), String> = HashMap::new();
     for i in 0..archive.len() {
         let member = archive
             .by_index_data(i)
@@ -150,7 +151,7 @@ pub(super) fn zip_members(
                 "zip member {raw_name:?} has a path that climbs out of the archive; refusing the whole zip"
             )));
         }
-        let (is_dir, size) = (member.is_dir(), member.size());
+        let (is_dir, size, crc32) = (member.is_dir(), member.size(), member.crc32());
         drop(member);
         if is_dir {
             continue;
@@ -193,6 +194,16 @@ pub(super) fn zip_members(
                     ));
                     continue;
                 }
+            }
+        }
+        // One bill twice under two names (`bill.csv` and `bill (1).csv`, or in two folders):
+        // the same bytes loaded twice would count their money twice, and a month split into
+        // parts never has two parts byte for byte alike. Refused like two members of one name.
+        if size > 0 {
+            if let Some(first) = contents.insert((crc32, size), raw_name.clone()) {
+                return Err(Error::rejected(format!(
+                    "zip members {first:?} and {raw_name:?} are identical copies (same size and CRC-32): loading both would count this money twice; refusing the whole zip rather than loading one of them silently"
+                )));
             }
         }
         // Directory components are not ours to trust or use as paths: they only tell members
