@@ -206,6 +206,26 @@ fn a_kill_at_any_step_of_a_replacement_leaves_whole_snapshots() {
     }
 }
 
+/// A first load killed after publishing (no ledger entry yet), then a bucket whose best
+/// snapshot of the unit no longer has account B: the next run loads that one, and B's file from
+/// the killed run — which no ledger entry names — goes, so the lake equals a fresh load.
+#[test]
+fn files_of_a_killed_first_load_go_when_another_snapshot_replaces_it() {
+    for point in ["publish", "cleanup", "ledger"] {
+        let src = tempfile::tempdir().unwrap();
+        let lake = tempfile::tempdir().unwrap();
+        deliver(src.path(), Some(3), true, 40);
+        killed_run(src.path(), lake.path(), point);
+        let monthly = deliver(src.path(), None, false, 40);
+        finish_and_check(
+            src.path(),
+            lake.path(),
+            &monthly,
+            &format!("kill at {point}, then the monthly without B"),
+        );
+    }
+}
+
 #[test]
 fn kills_at_random_moments_never_leave_a_mixed_lake() {
     let src = tempfile::tempdir().unwrap();

@@ -430,6 +430,22 @@ fn failed_runs_write_their_report_and_endpoints_keep_no_secrets() {
     assert!(!report_text.contains("topsecret"), "{report_text}");
 }
 
+/// A native detail bill of `account` for 2025-11, with its rows and BilledCost.
+fn detail_bill(account: &str, seed: u64) -> (Vec<u8>, (u64, Decimal)) {
+    let mut csv = Vec::new();
+    let s = write_detail_csv(&options(account, "2025-11", None, seed), false, &mut csv).unwrap();
+    let sum = Decimal::from_i128_with_scale(s.billed_cost_e8, 8).normalize();
+    (csv, (s.rows, sum))
+}
+
+/// Two detail bills as one consolidated bill: `a` and then `b`'s rows under `a`'s header.
+fn consolidated_of(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let header_end = b.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let mut both = a.to_vec();
+    both.extend_from_slice(&b[header_end..]);
+    both
+}
+
 /// A reseller's consolidated bill and a customer's own bill for the same month are two units
 /// writing one partition: the second to arrive is rejected, naming the first, so the
 /// customer's money is never counted twice.
@@ -438,23 +454,9 @@ fn a_consolidated_bill_and_a_customers_own_bill_never_double_count() {
     let src = tempfile::tempdir().unwrap();
     let lake = tempfile::tempdir().unwrap();
     let (c1, c2) = ("300000000001", "300000000002");
-    let detail = |account: &str, seed: u64| {
-        let mut csv = Vec::new();
-        let s =
-            write_detail_csv(&options(account, "2025-11", None, seed), false, &mut csv).unwrap();
-        (
-            csv,
-            (
-                s.rows,
-                Decimal::from_i128_with_scale(s.billed_cost_e8, 8).normalize(),
-            ),
-        )
-    };
-    let (a, a_sum) = detail(c1, 1);
-    let (b, b_sum) = detail(c2, 2);
-    let header_end = b.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
-    let mut both = a.clone();
-    both.extend_from_slice(&b[header_end..]);
+    let (a, a_sum) = detail_bill(c1, 1);
+    let (b, b_sum) = detail_bill(c2, 2);
+    let both = consolidated_of(&a, &b);
     put_at(
         src.path(),
         "500000000009-2025-11--by_used_time-bill-details-consolidated_bill-abc123.zip",
@@ -482,6 +484,56 @@ fn a_consolidated_bill_and_a_customers_own_bill_never_double_count() {
         "C1 once"
     );
     assert_eq!(sums[&("2025-11".to_string(), c2.to_string())], b_sum);
+}
+
+/// The same two units committed at once (`--jobs 2`, each pausing a second after its check
+/// that the partition holds no other unit): both pass that check, and the check after
+/// publishing makes the later take its files back, so the customer's money is never in the
+/// lake twice. (Two shards racing are the same two commits in two processes.)
+#[test]
+fn two_units_committing_into_one_partition_at_once_never_double_count() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let (c1, c2) = ("300000000001", "300000000002");
+    let (a, a_sum) = detail_bill(c1, 1);
+    let (b, _) = detail_bill(c2, 2);
+    let both = consolidated_of(&a, &b);
+    let consolidated =
+        "500000000009-2025-11--by_used_time-bill-details-consolidated_bill-abc123.zip";
+    put_at(
+        src.path(),
+        consolidated,
+        &zip_of(&[("all.csv", &both)]),
+        100,
+    );
+    let own = format!("{c1}-202511-by_used_time-bill_details.zip");
+    put_at(src.path(), &own, &zip_of(&[("bill.csv", &a)]), 200);
+    let out = billpipe_env(
+        &[
+            "run",
+            "--source",
+            src.path().to_str().unwrap(),
+            "--dest",
+            lake.path().to_str().unwrap(),
+            "--jobs",
+            "2",
+        ],
+        &[("BILLPIPE_FAULT_PAUSE_AT", "checked")],
+    );
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("would count that money twice"),
+        "{}",
+        out.stdout
+    );
+    let folder = lake
+        .path()
+        .join(format!("billing_period=2025-11/billing_account_id={c1}"));
+    let files = std::fs::read_dir(&folder).map_or(0, |d| d.count());
+    assert!(files <= 1, "{files} files in {}", folder.display());
+    let sums = normalized_sums(lake.path());
+    let c1_sum = sums.get(&("2025-11".to_string(), c1.to_string()));
+    assert!(c1_sum.is_none() || c1_sum == Some(&a_sum), "{c1_sum:?}");
 }
 
 /// Money does not hide behind a member's name: a zip member holding bill rows under another

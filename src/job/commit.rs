@@ -2,7 +2,7 @@
 //! `job::run`'s docs; the ledger entry is one new journal object, see `state::ledger`), and undoing a publish that failed half-way so no partition file is left
 //! without a ledger entry.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 
 use crate::fault;
@@ -16,6 +16,25 @@ use crate::{Error, Result};
 
 /// Where each unit's quarantine file goes (`_quarantine/<unit>.csv`).
 pub const QUARANTINE_DIR: &str = "_quarantine";
+
+/// Where a commit writes, before publishing, the paths it is about to publish
+/// (`<unit>.json`, a JSON list), and removes it once the ledger has the snapshot. A run killed
+/// in between leaves files no ledger entry names; if the bucket then holds another snapshot
+/// of the unit (a reseller's re-delivery without a customer), that snapshot's commit finds
+/// them here and removes those it does not replace, so the lake equals a fresh load.
+const PUBLISHING_DIR: &str = "_billpipe/publishing";
+
+/// Paths a killed commit of this unit may have published (its intent, see [`PUBLISHING_DIR`]).
+fn left_over(ctx: &Context, intent: &str) -> Result<Vec<String>> {
+    match ctx.lake.get(intent)? {
+        None => Ok(Vec::new()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::rejected(format!(
+                "{intent}: not the list of paths a commit writes there ({e}); remove it if nothing was published by hand"
+            ))
+        }),
+    }
+}
 
 /// Reading an object into staging concerns that object alone: whatever fails there (a staged
 /// file that cannot be written, a Parquet or Arrow error, a mapping that does not fit) rejects
@@ -76,17 +95,23 @@ fn unpublish(
 ///
 /// A month with many of the snapshot's partitions (a reseller's bill) is listed once, whole —
 /// a few pages on S3 — instead of once per customer folder.
-fn no_other_unit_there(ctx: &Context, staged: &Staged, stem: &str) -> Result<()> {
+///
+/// Checked before publishing, in every partition (`dirs`), and again after, in the partitions
+/// the unit's previous snapshot did not have: two commits running at once (`--jobs`, or two
+/// shards, a reseller's bill and a customer's own in different shards) could both pass the
+/// first check and publish side by side. After publishing, the later of two always sees the
+/// other's file, and takes its own back.
+fn no_other_unit_there<'a>(
+    ctx: &Context,
+    dirs: impl Iterator<Item = &'a str>,
+    stem: &str,
+) -> Result<()> {
     const LIST_MONTH_FROM: usize = 16;
     let own = format!("{stem}.parquet");
-    let mut months: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for part in &staged.parts {
-        let dir = part.partition.dir();
-        let month = dir.split_once('/').map_or(dir.as_str(), |(m, _)| m);
-        months
-            .entry(month.to_string())
-            .or_default()
-            .push(dir.clone());
+    let mut months: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for dir in dirs {
+        let month = dir.split_once('/').map_or(dir, |(m, _)| m);
+        months.entry(month).or_default().push(dir);
     }
     for (month, dirs) in months {
         let prefixes = if dirs.len() >= LIST_MONTH_FROM {
@@ -94,7 +119,7 @@ fn no_other_unit_there(ctx: &Context, staged: &Staged, stem: &str) -> Result<()>
         } else {
             dirs.iter().map(|d| format!("{d}/")).collect()
         };
-        let dirs: HashSet<String> = dirs.into_iter().collect();
+        let dirs: HashSet<&str> = dirs.into_iter().collect();
         for prefix in prefixes {
             for (path, _) in ctx.lake.list(&prefix)? {
                 let Some((dir, name)) = path.rsplit_once('/') else {
@@ -133,10 +158,12 @@ pub(crate) fn commit(
     if let Err(e) = paths.try_for_each(|rel| ctx.lake.check_path(&rel)) {
         return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
     }
-    if let Err(e) = no_other_unit_there(ctx, &staged, &stem) {
+    let dirs: Vec<String> = staged.parts.iter().map(|p| p.partition.dir()).collect();
+    if let Err(e) = no_other_unit_there(ctx, dirs.iter().map(String::as_str), &stem) {
         return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
     }
     let checked = started.elapsed();
+    fault::point("checked");
     for part in &staged.parts {
         if part.partition.period != bill.unit.month {
             entry.notes.push(format!(
@@ -153,6 +180,26 @@ pub(crate) fn commit(
             (p.staged.clone(), rel)
         })
         .collect();
+    // The paths about to be published, and those an earlier, killed commit of this unit may
+    // have left: all of them are this unit's, and the clean-up below removes those it does
+    // not replace. Written first, so no kill can leave a file it does not name.
+    let intent_rel = format!("{PUBLISHING_DIR}/{stem}.json");
+    let left = match left_over(ctx, &intent_rel) {
+        Ok(left) => left,
+        Err(e) => return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e)),
+    };
+    let intent: BTreeSet<&str> = files
+        .iter()
+        .map(|(_, rel)| rel.as_str())
+        .chain([quarantine_rel.as_str()])
+        .chain(left.iter().map(String::as_str))
+        .collect();
+    let written = serde_json::to_vec(&intent)
+        .map_err(|e| Error::rejected(format!("{intent_rel}: {e}")))
+        .and_then(|bytes| ctx.lake.put(&intent_rel, &bytes));
+    if let Err(e) = written {
+        return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
+    }
     let mut outputs = Vec::new();
     let mut total_cost: i128 = 0;
     let mut rows = 0;
@@ -174,6 +221,17 @@ pub(crate) fn commit(
     }
     // Stores may publish in any order; the ledger lists a snapshot's files by path.
     outputs.sort_by(|a, b| a.path.cmp(&b.path));
+    let had: HashSet<&str> = previous
+        .iter()
+        .flat_map(|p| p.outputs.iter().map(|o| o.path.as_str()))
+        .collect();
+    let new_dirs = outputs
+        .iter()
+        .filter(|o| !had.contains(o.path.as_str()))
+        .filter_map(|o| o.path.rsplit_once('/').map(|(dir, _)| dir));
+    if let Err(e) = no_other_unit_there(ctx, new_dirs, &stem) {
+        return Err(unpublish(ctx, previous.as_ref(), &outputs, &staged, e));
+    }
     let (quarantine, rows_quarantined) = match &staged.quarantine {
         Some((path, n)) => {
             if let Err(e) = ctx.lake.publish(path, &quarantine_rel) {
@@ -190,15 +248,20 @@ pub(crate) fn commit(
     };
     let publish_done = started.elapsed();
     fault::point("cleanup");
-    if let Some(prev) = &previous {
-        // A set, not a scan of `outputs` per old file: a reseller's re-delivery replaces
-        // 20,000 files, and the scan (20,000 x 20,000 path comparisons) was 1.5 s of its commit.
-        let now: HashSet<&str> = outputs.iter().map(|o| o.path.as_str()).collect();
-        for old in &prev.outputs {
-            if !now.contains(old.path.as_str()) {
-                ctx.lake.delete(&old.path)?;
-            }
-        }
+    // The previous snapshot's files and a killed commit's that this one did not replace. A
+    // set, not a scan of `outputs` per old file: a reseller's re-delivery replaces 20,000
+    // files, and the scan (20,000 x 20,000 path comparisons) was 1.5 s of its commit.
+    let now: HashSet<&str> = outputs
+        .iter()
+        .map(|o| o.path.as_str())
+        .chain(quarantine.as_deref())
+        .collect();
+    let old = previous
+        .iter()
+        .flat_map(|p| p.outputs.iter().map(|o| o.path.as_str()))
+        .chain(left.iter().map(String::as_str));
+    for path in old.filter(|p| !now.contains(p)).collect::<BTreeSet<_>>() {
+        ctx.lake.delete(path)?;
     }
     let billed_cost = format_decimal(total_cost, scale);
     let cleaned = started.elapsed();
@@ -224,6 +287,11 @@ pub(crate) fn commit(
         },
     )?;
     drop(ledger);
+    // The ledger names every file now; an intent left behind only costs the next commit a
+    // read, and deletes nothing it should not (this snapshot's paths are then its previous).
+    if let Err(e) = ctx.lake.delete(&intent_rel) {
+        tracing::warn!("{intent_rel}: not removed ({e}); the unit's next commit reads it again");
+    }
     tracing::debug!(
         "commit of {} files: checked {:.3} s, published {:.3} s, old files removed {:.3} s, ledger {:.3} s",
         outputs.len(),

@@ -221,8 +221,10 @@ impl Lake {
                 }
                 // Small files of writers killed between write and rename (old ones only: a run
                 // taking the lock right now writes its lock file this way, and a shard may be
-                // writing a journal entry): the lock, the ledger, its journal, shard locks.
-                let folders = ["", "ledger", "ledger/journal", "locks"].map(|f| meta.join(f));
+                // writing a journal entry): the lock, the ledger, its journal, shard locks,
+                // commits' intents.
+                let folders =
+                    ["", "ledger", "ledger/journal", "locks", "publishing"].map(|f| meta.join(f));
                 for listing in folders.iter().filter_map(|f| std::fs::read_dir(f).ok()) {
                     for e in listing.flatten() {
                         let old = e
