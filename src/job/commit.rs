@@ -182,23 +182,29 @@ pub(crate) fn commit(
         .collect();
     // The paths about to be published, and those an earlier, killed commit of this unit may
     // have left: all of them are this unit's, and the clean-up below removes those it does
-    // not replace. Written first, so no kill can leave a file it does not name.
+    // not replace. Written first, so no kill can leave a file it does not name — when there is
+    // more than one: a snapshot of one partition publishes the path every snapshot of its unit
+    // publishes (one account, one month), so the next commit replaces it anyway, and writing
+    // the intent cost ~1.5 ms a unit on disk (300 one-account units: 2.3 → 2.7 s).
     let intent_rel = format!("{PUBLISHING_DIR}/{stem}.json");
     let left = match left_over(ctx, &intent_rel) {
         Ok(left) => left,
         Err(e) => return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e)),
     };
-    let intent: BTreeSet<&str> = files
-        .iter()
-        .map(|(_, rel)| rel.as_str())
-        .chain([quarantine_rel.as_str()])
-        .chain(left.iter().map(String::as_str))
-        .collect();
-    let written = serde_json::to_vec(&intent)
-        .map_err(|e| Error::rejected(format!("{intent_rel}: {e}")))
-        .and_then(|bytes| ctx.lake.put(&intent_rel, &bytes));
-    if let Err(e) = written {
-        return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
+    let with_intent = files.len() > 1 || !left.is_empty();
+    if files.len() > 1 {
+        let intent: BTreeSet<&str> = files
+            .iter()
+            .map(|(_, rel)| rel.as_str())
+            .chain([quarantine_rel.as_str()])
+            .chain(left.iter().map(String::as_str))
+            .collect();
+        let written = serde_json::to_vec(&intent)
+            .map_err(|e| Error::rejected(format!("{intent_rel}: {e}")))
+            .and_then(|bytes| ctx.lake.put(&intent_rel, &bytes));
+        if let Err(e) = written {
+            return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
+        }
     }
     let mut outputs = Vec::new();
     let mut total_cost: i128 = 0;
@@ -240,9 +246,8 @@ pub(crate) fn commit(
             (Some(quarantine_rel.clone()), *n)
         }
         None => {
-            if previous.as_ref().is_some_and(|p| p.quarantine.is_some()) {
-                ctx.lake.delete(&quarantine_rel)?;
-            }
+            // Also when the ledger says there was none: a killed commit may have left one.
+            ctx.lake.delete(&quarantine_rel)?;
             (None, 0)
         }
     };
@@ -289,8 +294,12 @@ pub(crate) fn commit(
     drop(ledger);
     // The ledger names every file now; an intent left behind only costs the next commit a
     // read, and deletes nothing it should not (this snapshot's paths are then its previous).
-    if let Err(e) = ctx.lake.delete(&intent_rel) {
-        tracing::warn!("{intent_rel}: not removed ({e}); the unit's next commit reads it again");
+    if with_intent {
+        if let Err(e) = ctx.lake.delete(&intent_rel) {
+            tracing::warn!(
+                "{intent_rel}: not removed ({e}); the unit's next commit reads it again"
+            );
+        }
     }
     tracing::debug!(
         "commit of {} files: checked {:.3} s, published {:.3} s, old files removed {:.3} s, ledger {:.3} s",
