@@ -43,6 +43,19 @@ fn group_pipeline() -> &'static str {
     })
 }
 
+/// `billpipe run` with the group pipeline, `src` into `lake`.
+fn run_group(src: &Path, lake: &Path) -> Output {
+    billpipe(&[
+        "run",
+        "--pipeline",
+        group_pipeline(),
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        lake.to_str().unwrap(),
+    ])
+}
+
 /// A snapshot of unit (A, 2025-12) holding rows of accounts A and B (a group bill), so one
 /// replacement touches two partitions. Returns the expected sums per partition.
 fn deliver(src: &Path, through: Option<u32>, with_b: bool, rows_per_day: u64) -> Sums {
@@ -73,15 +86,7 @@ fn deliver(src: &Path, through: Option<u32>, with_b: bool, rows_per_day: u64) ->
     let lake = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(&name), &file).unwrap();
-    let out = billpipe(&[
-        "run",
-        "--pipeline",
-        group_pipeline(),
-        "--source",
-        dir.path().to_str().unwrap(),
-        "--dest",
-        lake.path().to_str().unwrap(),
-    ]);
+    let out = run_group(dir.path(), lake.path());
     assert_eq!(out.code, 0, "{}", out.stderr);
     local_lake_sums(lake.path())
 }
@@ -138,15 +143,7 @@ fn assert_consistent(lake: &Path, old: &Sums, new: &Sums, context: &str) {
 }
 
 fn finish_and_check(src: &Path, lake: &Path, expected: &Sums, context: &str) {
-    let out = billpipe(&[
-        "run",
-        "--pipeline",
-        group_pipeline(),
-        "--source",
-        src.to_str().unwrap(),
-        "--dest",
-        lake.to_str().unwrap(),
-    ]);
+    let out = run_group(src, lake);
     assert_eq!(out.code, 0, "{context}: {}{}", out.stdout, out.stderr);
     assert_eq!(
         &local_lake_sums(lake),
@@ -224,6 +221,88 @@ fn files_of_a_killed_first_load_go_when_another_snapshot_replaces_it() {
             &format!("kill at {point}, then the monthly without B"),
         );
     }
+}
+
+/// A replacement killed after publishing, and then the bill that was being loaded leaves the
+/// bucket: the unit's ledger entry names the old snapshot, the unit's best object is that old
+/// one, unchanged — and still the next run reloads it, because the killed commit's intent says
+/// the lake may hold something else. A first load killed so, whose bill then leaves the bucket,
+/// leaves nothing behind.
+#[test]
+fn a_killed_commit_is_undone_even_when_its_bill_leaves_the_bucket() {
+    for point in ["publish", "cleanup", "ledger"] {
+        let src = tempfile::tempdir().unwrap();
+        let lake = tempfile::tempdir().unwrap();
+        let s1 = deliver(src.path(), Some(3), true, 40);
+        finish_and_check(src.path(), lake.path(), &s1, "first load");
+        deliver(src.path(), Some(6), false, 40);
+        killed_run(src.path(), lake.path(), point);
+        std::fs::remove_file(src.path().join(object_name(A, "2025-12", Some(6)).unwrap())).unwrap();
+        finish_and_check(
+            src.path(),
+            lake.path(),
+            &s1,
+            &format!("kill at {point}, then day 6 withdrawn"),
+        );
+
+        let src = tempfile::tempdir().unwrap();
+        let lake = tempfile::tempdir().unwrap();
+        deliver(src.path(), Some(3), true, 40);
+        killed_run(src.path(), lake.path(), point);
+        std::fs::remove_file(src.path().join(object_name(A, "2025-12", Some(3)).unwrap())).unwrap();
+        finish_and_check(
+            src.path(),
+            lake.path(),
+            &Sums::new(),
+            &format!("first load killed at {point}, then withdrawn"),
+        );
+    }
+}
+
+/// An intent object that names a file not of its unit (damaged, or edited by hand: here one
+/// outside the lake) makes that unit's commit refuse, and deletes nothing — not even the
+/// unit's own files it lists beside it.
+#[test]
+fn an_intent_naming_other_files_deletes_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let s1 = deliver(src.path(), Some(3), true, 40);
+    finish_and_check(src.path(), lake.path(), &s1, "first load");
+    let victim = lake
+        .path()
+        .parent()
+        .unwrap()
+        .join(format!("billpipe-victim-{}.txt", std::process::id()));
+    std::fs::write(&victim, "keep me").unwrap();
+    let other = lake_files(lake.path())
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains(B))
+        .unwrap();
+    let other_rel = other
+        .strip_prefix(lake.path())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let intents = lake.path().join("_billpipe/publishing");
+    std::fs::create_dir_all(&intents).unwrap();
+    let unit_stem = other.file_stem().unwrap().to_str().unwrap().to_string();
+    let bad = serde_json::json!([
+        other_rel,
+        format!("../{}", victim.file_name().unwrap().to_str().unwrap())
+    ]);
+    std::fs::write(intents.join(format!("{unit_stem}.json")), bad.to_string()).unwrap();
+    deliver(src.path(), Some(6), true, 40);
+    let out = run_group(src.path(), lake.path());
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("is not one of this unit's files"),
+        "{}",
+        out.stdout
+    );
+    assert!(victim.exists(), "a file outside the lake was deleted");
+    assert!(other.exists(), "a partition file was deleted");
+    std::fs::remove_file(&victim).unwrap();
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Sharded runs (`run --shard I/N`): three shard processes started at once load one lake — a
 //! local folder and a Garage S3 prefix — and the lake equals a single-process load of the same
 //! bucket, exactly; a shard killed mid-run and run again leaves it exact; the lock of one shard
-//! never blocks another, while a whole-lake run and a shard exclude each other.
+//! never blocks another, while a whole-lake run and a shard exclude each other, and so do
+//! shards of two splits (`I/2` beside `J/3`).
 
 mod common;
 
@@ -150,6 +151,14 @@ fn one_shards_lock_never_blocks_another_but_the_whole_lake_run_waits_for_them() 
         same.status.code(),
         Some(4),
         "shard 1 is locked by its live holder"
+    );
+    // Nor does a shard of another split: `0/2` and `1/3` share units.
+    let split = billpipe(&["run", "--source", source, "--dest", dest, "--shard", "0/2"]);
+    assert_eq!(split.code, 4, "another split waits: {}", split.stderr);
+    assert!(
+        split.stderr.contains("another split than shard-0-of-2"),
+        "{}",
+        split.stderr
     );
     // A whole-lake run does not load beside a live shard.
     let out = billpipe(&["run", "--source", source, "--dest", dest]);

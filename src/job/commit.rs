@@ -22,18 +22,42 @@ pub const QUARANTINE_DIR: &str = "_quarantine";
 /// in between leaves files no ledger entry names; if the bucket then holds another snapshot
 /// of the unit (a reseller's re-delivery without a customer), that snapshot's commit finds
 /// them here and removes those it does not replace, so the lake equals a fresh load.
-const PUBLISHING_DIR: &str = "_billpipe/publishing";
+pub(crate) const PUBLISHING_DIR: &str = "_billpipe/publishing";
 
-/// Paths a killed commit of this unit may have published (its intent, see [`PUBLISHING_DIR`]).
-fn left_over(ctx: &Context, intent: &str) -> Result<Vec<String>> {
-    match ctx.lake.get(intent)? {
-        None => Ok(Vec::new()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            Error::rejected(format!(
-                "{intent}: not the list of paths a commit writes there ({e}); remove it if nothing was published by hand"
-            ))
-        }),
+/// The intent object of the unit whose files are named `stem`.
+pub(crate) fn intent_path(stem: &str) -> String {
+    format!("{PUBLISHING_DIR}/{stem}.json")
+}
+
+/// Paths a killed commit of the unit named `stem` may have published (its intent, see
+/// [`PUBLISHING_DIR`]). Only the unit's own paths are accepted — a partition file named after
+/// it, or its quarantine file —, so a damaged or hand-edited intent cannot make a commit delete
+/// another unit's files, or anything outside the lake.
+pub(crate) fn left_over(ctx: &Context, stem: &str) -> Result<Vec<String>> {
+    let intent = intent_path(stem);
+    let Some(bytes) = ctx.lake.get(&intent)? else {
+        return Ok(Vec::new());
+    };
+    let not_ours = |why: String| {
+        Error::rejected(format!(
+            "{intent}: {why}; it should list the paths a commit of this unit was about to publish — remove it if nothing was published by hand"
+        ))
+    };
+    let paths: Vec<String> = serde_json::from_slice(&bytes)
+        .map_err(|e| not_ours(format!("not a list of paths ({e})")))?;
+    let file = format!("{stem}.parquet");
+    let quarantine = format!("{QUARANTINE_DIR}/{stem}.csv");
+    for path in &paths {
+        let partition_file = path
+            .rsplit_once('/')
+            .is_some_and(|(dir, name)| name == file && dir.starts_with("billing_period="));
+        if !(partition_file || *path == quarantine) || ctx.lake.check_path(path).is_err() {
+            return Err(not_ours(format!(
+                "{path:?} is not one of this unit's files"
+            )));
+        }
     }
+    Ok(paths)
 }
 
 /// Reading an object into staging concerns that object alone: whatever fails there (a staged
@@ -182,17 +206,15 @@ pub(crate) fn commit(
         .collect();
     // The paths about to be published, and those an earlier, killed commit of this unit may
     // have left: all of them are this unit's, and the clean-up below removes those it does
-    // not replace. Written first, so no kill can leave a file it does not name — when there is
-    // more than one: a snapshot of one partition publishes the path every snapshot of its unit
-    // publishes (one account, one month), so the next commit replaces it anyway, and writing
-    // the intent cost ~1.5 ms a unit on disk (300 one-account units: 2.3 → 2.7 s).
-    let intent_rel = format!("{PUBLISHING_DIR}/{stem}.json");
-    let left = match left_over(ctx, &intent_rel) {
+    // not replace. Written first, so no kill can leave a file it does not name, and a run that
+    // finds it knows the lake may not hold what the ledger says (`job::run` reloads the unit).
+    // Costs ~1.5 ms a unit on disk (300 one-account units: 2.3 → 2.7 s).
+    let intent_rel = intent_path(&stem);
+    let left = match left_over(ctx, &stem) {
         Ok(left) => left,
         Err(e) => return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e)),
     };
-    let with_intent = files.len() > 1 || !left.is_empty();
-    if files.len() > 1 {
+    {
         let intent: BTreeSet<&str> = files
             .iter()
             .map(|(_, rel)| rel.as_str())
@@ -294,12 +316,8 @@ pub(crate) fn commit(
     drop(ledger);
     // The ledger names every file now; an intent left behind only costs the next commit a
     // read, and deletes nothing it should not (this snapshot's paths are then its previous).
-    if with_intent {
-        if let Err(e) = ctx.lake.delete(&intent_rel) {
-            tracing::warn!(
-                "{intent_rel}: not removed ({e}); the unit's next commit reads it again"
-            );
-        }
+    if let Err(e) = ctx.lake.delete(&intent_rel) {
+        tracing::warn!("{intent_rel}: not removed ({e}); the next run reloads the unit");
     }
     tracing::debug!(
         "commit of {} files: checked {:.3} s, published {:.3} s, old files removed {:.3} s, ledger {:.3} s",

@@ -29,12 +29,13 @@
 //! bound (`Ledger::wants_compaction`), still holding the lock; a failure there is logged, not
 //! the run's: the ledger is whole either way.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::conformance::rules::RuleCounts;
-use crate::job::commit::{commit, object_failure};
+use crate::job::commit::{self, commit, object_failure};
 pub use crate::job::context::RunOptions;
 use crate::job::context::{lock_ledger, open, Context};
 use crate::job::load::{check_shrink, read_snapshot};
@@ -158,6 +159,7 @@ pub fn run_with_progress(
     // The ledger is read once the lock is held (another run may have committed until then),
     // and the source listed again if we waited for the lock.
     *lock_ledger(&ctx.ledger)? = Ledger::load(ctx.lake.as_ref())?;
+    let unrecorded = interrupted_commits(&ctx)?;
     if waited.elapsed() > std::time::Duration::from_secs(2) {
         ctx.listing = ctx.source.list()?;
     }
@@ -168,6 +170,7 @@ pub fn run_with_progress(
         &*lock_ledger(&ctx.ledger)?,
         &opts.plan,
     );
+    clear_unrecorded(&ctx, &unrecorded, &planned);
     let to_load: Vec<usize> = (0..planned.len())
         .filter(|i| planned[*i].action != Action::Skip)
         .collect();
@@ -313,6 +316,66 @@ pub fn run_with_progress(
 }
 
 /// Loads one object, starting over when its download breaks off mid-way.
+/// A commit's intent object still there means that commit was interrupted after it may have
+/// published (see `commit`): the lake may hold files of a snapshot its ledger entry does not
+/// describe. Such units are reloaded as `state reset` would have them (whatever the plan would
+/// otherwise say: the object unchanged, or a sharp drop), so the lake ends as a fresh load
+/// would. Units of other shards are theirs to reload. Returns the interrupted units that have
+/// no ledger entry (a first load), named by their file stem.
+fn interrupted_commits(ctx: &Context) -> Result<HashSet<String>> {
+    let prefix = format!("{}/", commit::PUBLISHING_DIR);
+    let stems: HashSet<String> = ctx
+        .lake
+        .list(&prefix)?
+        .into_iter()
+        .filter_map(|(path, _)| {
+            path.strip_prefix(&prefix)?
+                .strip_suffix(".json")
+                .map(str::to_string)
+        })
+        .collect();
+    if stems.is_empty() {
+        return Ok(stems);
+    }
+    let marked = lock_ledger(&ctx.ledger)?.mark_for_reload(&stems);
+    tracing::info!(
+        "{} interrupted commit(s) found in {prefix}; {} loaded unit(s) among them are reloaded",
+        stems.len(),
+        marked.len()
+    );
+    Ok(stems.difference(&marked).cloned().collect())
+}
+
+/// An interrupted first load whose unit this run does not load (its bill left the bucket)
+/// would leave files no ledger entry names, which a fresh load would not have: they are
+/// removed, with the intent that lists them. Only by a whole-lake run (a shard cannot tell
+/// which of these units are its own).
+fn clear_unrecorded(ctx: &Context, unrecorded: &HashSet<String>, planned: &[PlannedObject]) {
+    if unrecorded.is_empty() || ctx.lake.scope().is_some() {
+        return;
+    }
+    let loading: HashSet<String> = planned
+        .iter()
+        .filter(|p| p.action != Action::Skip)
+        .filter_map(|p| p.bill.as_ref().map(|b| b.unit.file_stem()))
+        .collect();
+    for stem in unrecorded.difference(&loading) {
+        let cleared = commit::left_over(ctx, stem).and_then(|paths| {
+            for path in &paths {
+                ctx.lake.delete(path)?;
+            }
+            ctx.lake.delete(&commit::intent_path(stem))?;
+            Ok(paths.len())
+        });
+        match cleared {
+            Ok(n) => tracing::warn!(
+                "{stem}: an interrupted first load left up to {n} file(s) and its bill is no longer in the bucket; removed"
+            ),
+            Err(e) => tracing::warn!("{stem}: an interrupted first load's files not removed: {e}"),
+        }
+    }
+}
+
 fn load_with_retries(
     ctx: &Context,
     bill: &BillFile,

@@ -362,6 +362,24 @@ impl Ledger {
         self.units.get(&unit.to_string())
     }
 
+    /// Marks, in memory only, the units whose files are named by one of `stems` for reloading,
+    /// as `state reset` would (their last commit was interrupted after publishing, so the lake
+    /// may not hold what their entry says); returns the stems of the units marked.
+    pub fn mark_for_reload(
+        &mut self,
+        stems: &std::collections::HashSet<String>,
+    ) -> std::collections::HashSet<String> {
+        let mut marked = std::collections::HashSet::new();
+        for entry in self.units.values_mut() {
+            let stem = entry.unit.file_stem();
+            if stems.contains(&stem) {
+                entry.reset = true;
+                marked.insert(stem);
+            }
+        }
+        marked
+    }
+
     /// Records `entry` in memory only (the lake learns of it through [`Ledger::append`]).
     pub fn record(&mut self, entry: LedgerEntry) {
         self.units.insert(entry.unit.to_string(), entry);

@@ -307,18 +307,36 @@ fn watch(lake: &Lake, seen: &[u8], how_long: Duration) -> Result<Watched> {
     }
 }
 
-/// A live run this one must not load beside: for a shard, a whole-lake run; for a whole-lake
-/// run, any shard. Locks whose owner is dead are ignored (their next run takes them over).
+/// A live run this one must not load beside: for a shard, a whole-lake run or a shard of
+/// another split (`--shard 0/1` beside `--shard 0/2`: their units overlap, e.g. an Indexed Job
+/// whose completions changed while an old pod is retried); for a whole-lake run, any shard.
+/// Locks whose owner is dead are ignored (their next run takes them over).
 fn excluding(lake: &Lake, options: &LockOptions) -> Result<Option<String>> {
     let live = |bytes: &[u8]| {
         let held = parse(bytes);
         (!matches!(held.judge(options.stale_after), Verdict::Dead)).then(|| held.describe())
     };
-    if lake.scope().is_some() {
-        return Ok(lake
-            .get(LOCK_PATH)?
-            .and_then(|b| live(&b))
-            .map(|who| format!("a whole-lake {who}")));
+    if let Some(scope) = lake.scope() {
+        if let Some(who) = lake.get(LOCK_PATH)?.and_then(|b| live(&b)) {
+            return Ok(Some(format!("a whole-lake {who}")));
+        }
+        let split = |label: &str| label.rsplit_once("-of-").map(|(_, n)| n.to_string());
+        for (path, _) in lake.list(&format!("{LOCKS_DIR}/"))? {
+            let name = path.rsplit('/').next().unwrap_or(&path);
+            // Only locks: a lock being written is a `.tmp` file beside them, for a moment.
+            let Some(label) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if split(label) == split(scope) {
+                continue;
+            }
+            if let Some(who) = lake.get(&path)?.and_then(|b| live(&b)) {
+                return Ok(Some(format!(
+                    "a sharded {who} ({label}, another split than {scope}: their units overlap)"
+                )));
+            }
+        }
+        return Ok(None);
     }
     for (path, _) in lake.list(&format!("{LOCKS_DIR}/"))? {
         if let Some(who) = lake.get(&path)?.and_then(|b| live(&b)) {

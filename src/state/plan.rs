@@ -192,7 +192,7 @@ pub fn plan(
         let (action, reason) = match loaded {
             None if recorded.is_some_and(|r| r.reset) => (
                 Action::Replace,
-                format!("reload requested by `state reset` ({})", best.rank),
+                format!("reload requested by `state reset`, or its last commit was interrupted ({})", best.rank),
             ),
             None if recorded.is_some() && options.force => (
                 Action::Replace,
@@ -220,7 +220,7 @@ pub fn plan(
             },
             Some(l) if l.reset => (
                 Action::Replace,
-                format!("reload requested by `state reset` ({})", best.rank),
+                format!("reload requested by `state reset`, or its last commit was interrupted ({})", best.rank),
             ),
             Some(l) if options.force => (
                 Action::Replace,

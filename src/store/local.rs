@@ -205,7 +205,7 @@ impl LocalStore {
     fn tmp_file(
         &self,
         target: &Path,
-        write: impl FnOnce(&Path) -> std::io::Result<()>,
+        write: impl Fn(&Path) -> std::io::Result<()>,
     ) -> Result<PathBuf> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let dir = target.parent().unwrap_or(&self.root);
@@ -215,7 +215,17 @@ impl LocalStore {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!("{name}.{}.{n}{TMP_SUFFIX}", self.tag));
-        if let Err(e) = write(&tmp) {
+        let mut written = write(&tmp);
+        // The folder tidied away by a concurrent delete of its last file (a partition folder
+        // two units share): made again, once.
+        if written
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            written = write(&tmp);
+        }
+        if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::io(&tmp, e));
         }
@@ -474,7 +484,13 @@ impl Store for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, e)),
         }
-        // Tidy now-empty folders so globbing readers do not trip on them.
+        // Tidy now-empty folders so globbing readers do not trip on them — not billpipe's own
+        // (`_billpipe/`), which readers skip: concurrent commits (`--jobs`, shards) write their
+        // intents into one folder there, and removing it when one commit's was the last would
+        // pull it from under the next one's write.
+        if key.starts_with("_billpipe/") {
+            return Ok(());
+        }
         let mut dir = path.parent();
         while let Some(d) = dir {
             if d == self.root || std::fs::remove_dir(d).is_err() {
