@@ -305,14 +305,37 @@ pub(super) fn close(partition: PartitionKey, part: Part) -> Result<WrittenPart> 
 /// ~1 GB, and that sync was 9 of the 53 s a 20,000-customer bill took on this project's VM
 /// disk. Started here, the writes overlap the merge. Only a hint: errors are ignored (the sync
 /// at publication reports them), and other systems skip it.
+///
+/// The hint is given by a thread of its own (`billpipe-flush`), not by the partition writer:
+/// `sync_file_range` submits the writes, and the block layer's write-back throttling makes the
+/// submitter wait when the disk falls behind. Given by the writers, that wait stopped them and,
+/// through the row budget, the merge: sampled on a journaled ext4 disk, the partition writers
+/// of a 20,000-customer re-delivery spent 5.3 s in `wbt_wait`, with every thread idle for
+/// seconds. A file the flush thread has no room for (it holds at most 64 open) gets no hint.
 #[cfg(target_os = "linux")]
 fn start_writeback(file: &File) {
     use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is open for the whole call; SYNC_FILE_RANGE_WRITE only starts
-    // writeback of the file's dirty pages.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
+    static FLUSH: OnceLock<Option<SyncSender<File>>> = OnceLock::new();
+    let flush = FLUSH.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<File>(64);
+        let spawned = std::thread::Builder::new()
+            .name("billpipe-flush".into())
+            .spawn(move || {
+                for file in rx {
+                    // SAFETY: the descriptor is open for the whole call (the thread owns the
+                    // `File`); SYNC_FILE_RANGE_WRITE only starts writeback of its dirty pages.
+                    unsafe {
+                        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+                    }
+                }
+            });
+        spawned.ok().map(|_| tx)
+    });
+    let Some(flush) = flush else { return };
+    // A second descriptor of the file, so the writer closes its own at once.
+    let Ok(file) = file.try_clone() else { return };
+    // Full or gone: no hint for this file, the sync at publication writes it.
+    let _ = flush.try_send(file);
 }
 
 #[cfg(not(target_os = "linux"))]
