@@ -7,5 +7,7 @@ pub mod fetch;
 mod part;
 pub mod pipeline;
 mod runs;
+mod small_file;
+mod staged;
 pub mod unpack;
 pub mod write;

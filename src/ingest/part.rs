@@ -35,19 +35,12 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use crate::ingest::runs::Merge;
+use crate::ingest::small_file::{small_format, SmallFormat};
+pub(super) use crate::ingest::staged::next_file_number;
+pub use crate::ingest::staged::WrittenPart;
+use crate::ingest::staged::{start_writeback, sum_decimal};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
-
-/// One finished partition file, still in staging.
-#[derive(Debug, Clone)]
-pub struct WrittenPart {
-    pub partition: PartitionKey,
-    pub staged: PathBuf,
-    pub rows: u64,
-    /// Sum of BilledCost, scaled by the schema's decimal scale.
-    pub billed_cost: i128,
-    pub bytes: u64,
-}
 
 /// An open partition file.
 pub(super) struct Part {
@@ -68,6 +61,10 @@ pub(super) struct PartFiles {
     /// `small_options` with the dictionary turned off where the snapshot's values hardly repeat
     /// ([`PartFiles::tune_small`]); set once, by the merge, before the first partition is written.
     small_tuned: OnceLock<ArrowWriterOptions>,
+    /// The small files' own encoder ([`super::small_file`]) for `small_props`, and for the
+    /// tuned settings; `None` inside where it cannot write the schema (parquet-rs does).
+    small_format: OnceLock<Option<SmallFormat>>,
+    small_tuned_format: OnceLock<Option<SmallFormat>>,
     small_rows: u64,
     cost_col: Option<usize>,
 }
@@ -93,6 +90,8 @@ impl PartFiles {
             small_options: writer_options(&schema, small_props.clone())?,
             small_props,
             small_tuned: OnceLock::new(),
+            small_format: OnceLock::new(),
+            small_tuned_format: OnceLock::new(),
             small_rows,
             schema,
         })
@@ -135,10 +134,29 @@ impl PartFiles {
             partitions.len()
         );
         // Another caller may have won the race; either answer is a valid setting.
-        let _ = self
-            .small_tuned
-            .set(writer_options(&self.schema, builder.build())?);
+        let props = builder.build();
+        let options = writer_options(&self.schema, props.clone())?;
+        let format = small_format(&self.schema, &props, options.clone());
+        if self.small_tuned.set(options).is_ok() {
+            let _ = self.small_tuned_format.set(format);
+        }
         Ok(())
+    }
+
+    /// The encoder of small files, for the settings small files are written with now.
+    fn small_encoder(&self) -> Option<&SmallFormat> {
+        if std::env::var_os("BILLPIPE_SMALL_FILES_BY_PARQUET_RS").is_some() {
+            return None;
+        }
+        match self.small_tuned.get() {
+            Some(_) => self.small_tuned_format.get()?.as_ref(),
+            None => self
+                .small_format
+                .get_or_init(|| {
+                    small_format(&self.schema, &self.small_props, self.small_options.clone())
+                })
+                .as_ref(),
+        }
     }
 
     /// A new Parquet file in staging.
@@ -203,6 +221,11 @@ impl PartFiles {
         batches: Receiver<(RecordBatch, Ticket)>,
         folder: &Path,
     ) -> Result<WrittenPart> {
+        if rows < self.small_rows {
+            if let Some(format) = self.small_encoder() {
+                return format.write_partition(key, batches, folder, self.cost_col);
+            }
+        }
         let mut part = self.open_sized(rows, folder)?;
         // Each batch's ticket goes back to the budget once its rows are in the Parquet writer.
         for (batch, _ticket) in batches {
@@ -264,11 +287,6 @@ fn distinct_values(array: &dyn Array, offset: usize, rows: usize) -> Option<(usi
     Some((seen.len(), values))
 }
 
-pub(super) fn next_file_number() -> u64 {
-    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Closes a partition file; removes it if that fails.
 pub(super) fn close(partition: PartitionKey, part: Part) -> Result<WrittenPart> {
     let Part {
@@ -297,59 +315,6 @@ pub(super) fn close(partition: PartitionKey, part: Part) -> Result<WrittenPart> 
             Err(e)
         }
     }
-}
-
-/// Asks the kernel to start writing a closed partition file to disk, without waiting for it.
-/// A snapshot's files are made durable by one `syncfs` at publication (`store::local`), which
-/// otherwise finds them all still in memory: a reseller's 20,000 uncompressed partitions are
-/// ~1 GB, and that sync was 9 of the 53 s a 20,000-customer bill took on this project's VM
-/// disk. Started here, the writes overlap the merge. Only a hint: errors are ignored (the sync
-/// at publication reports them), and other systems skip it.
-///
-/// The hint is given by a thread of its own (`billpipe-flush`), not by the partition writer:
-/// `sync_file_range` submits the writes, and the block layer's write-back throttling makes the
-/// submitter wait when the disk falls behind. Given by the writers, that wait stopped them and,
-/// through the row budget, the merge: sampled on a journaled ext4 disk, the partition writers
-/// of a 20,000-customer re-delivery spent 5.3 s in `wbt_wait`, with every thread idle for
-/// seconds. A file the flush thread has no room for (it holds at most 64 open) gets no hint.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
-    use std::os::fd::AsRawFd;
-    static FLUSH: OnceLock<Option<SyncSender<File>>> = OnceLock::new();
-    let flush = FLUSH.get_or_init(|| {
-        let (tx, rx) = mpsc::sync_channel::<File>(64);
-        let spawned = std::thread::Builder::new()
-            .name("billpipe-flush".into())
-            .spawn(move || {
-                for file in rx {
-                    // SAFETY: the descriptor is open for the whole call (the thread owns the
-                    // `File`); SYNC_FILE_RANGE_WRITE only starts writeback of its dirty pages.
-                    unsafe {
-                        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-                    }
-                }
-            });
-        spawned.ok().map(|_| tx)
-    });
-    let Some(flush) = flush else { return };
-    // A second descriptor of the file, so the writer closes its own at once.
-    let Ok(file) = file.try_clone() else { return };
-    // Full or gone: no hint for this file, the sync at publication writes it.
-    let _ = flush.try_send(file);
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File) {}
-
-fn sum_decimal(col: Option<&Decimal128Array>) -> Result<i128> {
-    let Some(col) = col else { return Ok(0) };
-    let mut sum: i128 = 0;
-    for v in col.iter().flatten() {
-        sum = sum
-            .checked_add(v)
-            .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
-    }
-    Ok(sum)
 }
 
 /// Writes every partition of `merge` (in its ascending order; `keys` by partition index) to its
@@ -514,7 +479,7 @@ struct RowBudget {
 }
 
 /// Rows taken from a [`RowBudget`], given back on drop.
-struct Ticket {
+pub(super) struct Ticket {
     state: Arc<(Mutex<usize>, Condvar)>,
     rows: usize,
 }
