@@ -189,6 +189,14 @@ fn zip_with_two_members_of_one_name_is_refused_naming_it_and_the_lake_keeps_its_
         ]),
     )
     .unwrap();
+    // E's monthly: one bill plain and gzipped beside it (different bytes, the same rows).
+    let e = "820000000005";
+    let e_month = csv(e, None, 10, 5);
+    std::fs::write(
+        src.path().join(name(e, None)),
+        zip_of(&[("bill.csv", &e_month), ("bill.csv.gz", &gzip(&e_month))]),
+    )
+    .unwrap();
 
     let (out, report) = run_job(
         src.path().to_str().unwrap(),
@@ -196,6 +204,13 @@ fn zip_with_two_members_of_one_name_is_refused_naming_it_and_the_lake_keeps_its_
         &[],
     );
     assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let r = rejected(&report, &name(e, None));
+    assert!(
+        r.contains(
+            "zip members \"bill.csv\" and \"bill.csv.gz\" are one bill, plain and compressed"
+        ),
+        "{r}"
+    );
     let r = rejected(&report, &name(a, Some(6)));
     assert!(
         r.contains("zip holds 2 members named \"bill/part-1.csv\" (entries #1, #2); identical copies (same size and CRC-32): loading both would count this money twice"),

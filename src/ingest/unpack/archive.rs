@@ -138,6 +138,7 @@ pub(super) fn zip_members(
     let mut macosx = 0;
     let mut wanted = Vec::new(); // (index, raw name, file name)
     let mut contents: HashMap<(u32, u64), String> = HashMap::new();
+    let mut forms: HashMap<String, String> = HashMap::new();
     for i in 0..archive.len() {
         let member = archive
             .by_index_data(i)
@@ -205,6 +206,15 @@ pub(super) fn zip_members(
                     "zip members {first:?} and {raw_name:?} are identical copies (same size and CRC-32): loading both would count this money twice; refusing the whole zip rather than loading one of them silently"
                 )));
             }
+        }
+        // One bill in two forms (`bill.csv` and `bill.csv.gz` beside it): different bytes, the
+        // same rows; loading both would count them twice. Refused, naming both.
+        let gz = raw_name.to_ascii_lowercase().ends_with(".gz");
+        let plain = raw_name[..raw_name.len() - if gz { 3 } else { 0 }].to_string();
+        if let Some(first) = forms.insert(plain, raw_name.clone()) {
+            return Err(Error::rejected(format!(
+                "zip members {first:?} and {raw_name:?} are one bill, plain and compressed: loading both would count this money twice; refusing the whole zip rather than loading one of them silently"
+            )));
         }
         // Directory components are not ours to trust or use as paths: they only tell members
         // with the same file name apart.
