@@ -221,7 +221,7 @@ impl PartFiles {
         batches: Receiver<(RecordBatch, Ticket)>,
         folder: &Path,
     ) -> Result<WrittenPart> {
-        if rows < self.small_rows {
+        if rows < self.small_rows && rows <= SmallFormat::MAX_ROWS {
             if let Some(format) = self.small_encoder() {
                 return format.write_partition(key, batches, folder, self.cost_col);
             }

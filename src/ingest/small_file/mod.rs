@@ -77,6 +77,11 @@ pub(super) struct SmallFormat {
 }
 
 impl SmallFormat {
+    /// The most rows a file is encoded here with: the whole file is built in memory (a few dozen
+    /// KB at the default 2,000-row threshold of a small partition), and one page per column
+    /// suits only small files. A larger `--small-partition-rows` leaves the rest to parquet-rs.
+    pub const MAX_ROWS: u64 = 20_000;
+
     /// The format of `schema`'s small files with `props`, or `None` if some column needs what
     /// this writer does not do (see the module docs); then parquet-rs writes them.
     pub fn new(
@@ -245,6 +250,16 @@ pub(super) struct SmallFile<'a> {
 impl SmallFile<'_> {
     /// Adds a batch of the snapshot's schema.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_columns() != self.format.columns.len() {
+            return Err(Error::Internal(format!(
+                "a batch of {} columns for a file of {}",
+                batch.num_columns(),
+                self.format.columns.len()
+            )));
+        }
+        let unexpected = |plan: &ColumnPlan| {
+            Error::Internal(format!("column {}: not of the snapshot's type", plan.name))
+        };
         for (c, plan) in self.format.columns.iter().enumerate() {
             let array = batch.column(c);
             if !plan.optional && array.null_count() > 0 {
@@ -265,9 +280,15 @@ impl SmallFile<'_> {
                         }
                     };
                     if large {
-                        array.as_string::<i64>().iter().for_each(&mut add);
+                        let text = array
+                            .as_string_opt::<i64>()
+                            .ok_or_else(|| unexpected(plan))?;
+                        text.iter().for_each(&mut add);
                     } else {
-                        array.as_string::<i32>().iter().for_each(&mut add);
+                        let text = array
+                            .as_string_opt::<i32>()
+                            .ok_or_else(|| unexpected(plan))?;
+                        text.iter().for_each(&mut add);
                     }
                 }
                 Kind::Int32 { unsigned: false } => each::<Int32Type>(array, plan, data, |v| {
@@ -355,9 +376,9 @@ fn each<T: ArrowPrimitiveType>(
     data: &mut ColumnData,
     encode: impl Fn(T::Native) -> (Vec<u8>, Ordered),
 ) -> Result<()> {
-    let values = array
-        .as_primitive_opt::<T>()
-        .ok_or_else(|| Error::Internal(format!("column {}: unexpected type", plan.name)))?;
+    let values = array.as_primitive_opt::<T>().ok_or_else(|| {
+        Error::Internal(format!("column {}: not of the snapshot's type", plan.name))
+    })?;
     for value in values.iter() {
         if plan.optional {
             data.level(value.is_some());
