@@ -142,7 +142,7 @@ fn assert_consistent(lake: &Path, old: &Sums, new: &Sums, context: &str) {
     }
 }
 
-fn finish_and_check(src: &Path, lake: &Path, expected: &Sums, context: &str) {
+fn finish_and_check(src: &Path, lake: &Path, expected: &Sums, context: &str) -> String {
     let out = run_group(src, lake);
     assert_eq!(out.code, 0, "{context}: {}{}", out.stdout, out.stderr);
     assert_eq!(
@@ -158,6 +158,7 @@ fn finish_and_check(src: &Path, lake: &Path, expected: &Sums, context: &str) {
         "{context}: staging left behind"
     );
     assert!(!lake.join("_billpipe/lock.json").exists());
+    out.stdout
 }
 
 #[test]
@@ -238,11 +239,17 @@ fn a_killed_commit_is_undone_even_when_its_bill_leaves_the_bucket() {
         deliver(src.path(), Some(6), false, 40);
         killed_run(src.path(), lake.path(), point);
         std::fs::remove_file(src.path().join(object_name(A, "2025-12", Some(6)).unwrap())).unwrap();
-        finish_and_check(
+        let said = finish_and_check(
             src.path(),
             lake.path(),
             &s1,
             &format!("kill at {point}, then day 6 withdrawn"),
+        );
+        // The report says what was found and done (also in the JSON, `repairs`).
+        assert!(
+            said.contains("REPAIRED: ")
+                && said.contains("is reloaded, even if its bill did not change"),
+            "{point}: {said}"
         );
 
         let src = tempfile::tempdir().unwrap();
@@ -250,11 +257,16 @@ fn a_killed_commit_is_undone_even_when_its_bill_leaves_the_bucket() {
         deliver(src.path(), Some(3), true, 40);
         killed_run(src.path(), lake.path(), point);
         std::fs::remove_file(src.path().join(object_name(A, "2025-12", Some(3)).unwrap())).unwrap();
-        finish_and_check(
+        let said = finish_and_check(
             src.path(),
             lake.path(),
             &Sums::new(),
             &format!("first load killed at {point}, then withdrawn"),
+        );
+        assert!(
+            said.contains("REPAIRED: ")
+                && said.contains("its bill is no longer in the bucket; removed"),
+            "{point}: {said}"
         );
     }
 }

@@ -318,6 +318,9 @@ pub struct RunReport {
     pub report_skipped: bool,
     /// Units whose loaded snapshot lacks held-out rows, after this run (money not in the lake).
     pub lake_gaps: Vec<LakeGap>,
+    /// What the run found of earlier runs killed while committing, and what it did about it
+    /// (a unit reloaded, an unrecorded first load's files removed or not).
+    pub repairs: Vec<String>,
     /// Set when the run itself failed (listing, writing the lake, ...).
     pub error: Option<String>,
     /// The process's exit code, in reports of runs that failed before they started.
@@ -338,6 +341,7 @@ struct RunReportJson<'a> {
     totals: &'a Totals,
     skipped: &'a SkipSummary,
     lake_gaps: &'a [LakeGap],
+    repairs: &'a [String],
     error: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
@@ -362,6 +366,7 @@ impl Serialize for RunReport {
             totals: &self.totals,
             skipped: &self.skipped,
             lake_gaps: &self.lake_gaps,
+            repairs: &self.repairs,
             error: &self.error,
             exit_code: self.exit_code,
         }
@@ -517,6 +522,9 @@ impl RunReport {
                 "{} object(s) look like bills but match no family (NEAR-MISS above): not loaded\n",
                 t.near_misses
             ));
+        }
+        for r in &self.repairs {
+            s.push_str(&format!("REPAIRED: {r}\n"));
         }
         for g in &self.lake_gaps {
             s.push_str(&format!(

@@ -73,6 +73,7 @@ fn new_report(command: JobCommand, opts: &RunOptions) -> RunReport {
         skipped: SkipSummary::default(),
         report_skipped: opts.report_skipped,
         lake_gaps: Vec::new(),
+        repairs: Vec::new(),
         error: None,
         exit_code: None,
     }
@@ -159,7 +160,7 @@ pub fn run_with_progress(
     // The ledger is read once the lock is held (another run may have committed until then),
     // and the source listed again if we waited for the lock.
     *lock_ledger(&ctx.ledger)? = Ledger::load(ctx.lake.as_ref())?;
-    let unrecorded = interrupted_commits(&ctx)?;
+    let unrecorded = interrupted_commits(&ctx, &mut report.repairs)?;
     if waited.elapsed() > std::time::Duration::from_secs(2) {
         ctx.listing = ctx.source.list()?;
     }
@@ -170,7 +171,7 @@ pub fn run_with_progress(
         &*lock_ledger(&ctx.ledger)?,
         &opts.plan,
     );
-    clear_unrecorded(&ctx, &unrecorded, &planned);
+    clear_unrecorded(&ctx, &unrecorded, &planned, &mut report.repairs);
     let to_load: Vec<usize> = (0..planned.len())
         .filter(|i| planned[*i].action != Action::Skip)
         .collect();
@@ -322,7 +323,7 @@ pub fn run_with_progress(
 /// otherwise say: the object unchanged, or a sharp drop), so the lake ends as a fresh load
 /// would. Units of other shards are theirs to reload. Returns the interrupted units that have
 /// no ledger entry (a first load), named by their file stem.
-fn interrupted_commits(ctx: &Context) -> Result<HashSet<String>> {
+fn interrupted_commits(ctx: &Context, repairs: &mut Vec<String>) -> Result<HashSet<String>> {
     let prefix = format!("{}/", commit::PUBLISHING_DIR);
     let stems: HashSet<String> = ctx
         .lake
@@ -343,6 +344,13 @@ fn interrupted_commits(ctx: &Context) -> Result<HashSet<String>> {
         stems.len(),
         marked.len()
     );
+    let mut sorted: Vec<&String> = marked.iter().collect();
+    sorted.sort();
+    for stem in sorted {
+        repairs.push(format!(
+            "{stem}: a commit of this unit was interrupted (its intent is in {prefix}); the unit is reloaded, even if its bill did not change"
+        ));
+    }
     Ok(stems.difference(&marked).cloned().collect())
 }
 
@@ -350,7 +358,12 @@ fn interrupted_commits(ctx: &Context) -> Result<HashSet<String>> {
 /// would leave files no ledger entry names, which a fresh load would not have: they are
 /// removed, with the intent that lists them. Only by a whole-lake run (a shard cannot tell
 /// which of these units are its own).
-fn clear_unrecorded(ctx: &Context, unrecorded: &HashSet<String>, planned: &[PlannedObject]) {
+fn clear_unrecorded(
+    ctx: &Context,
+    unrecorded: &HashSet<String>,
+    planned: &[PlannedObject],
+    repairs: &mut Vec<String>,
+) {
     if unrecorded.is_empty() || ctx.lake.scope().is_some() {
         return;
     }
@@ -359,7 +372,9 @@ fn clear_unrecorded(ctx: &Context, unrecorded: &HashSet<String>, planned: &[Plan
         .filter(|p| p.action != Action::Skip)
         .filter_map(|p| p.bill.as_ref().map(|b| b.unit.file_stem()))
         .collect();
-    for stem in unrecorded.difference(&loading) {
+    let mut stems: Vec<&String> = unrecorded.difference(&loading).collect();
+    stems.sort();
+    for stem in stems {
         let cleared = commit::left_over(ctx, stem).and_then(|paths| {
             for path in &paths {
                 ctx.lake.delete(path)?;
@@ -367,12 +382,14 @@ fn clear_unrecorded(ctx: &Context, unrecorded: &HashSet<String>, planned: &[Plan
             ctx.lake.delete(&commit::intent_path(stem))?;
             Ok(paths.len())
         });
-        match cleared {
-            Ok(n) => tracing::warn!(
+        let said = match cleared {
+            Ok(n) => format!(
                 "{stem}: an interrupted first load left up to {n} file(s) and its bill is no longer in the bucket; removed"
             ),
-            Err(e) => tracing::warn!("{stem}: an interrupted first load's files not removed: {e}"),
-        }
+            Err(e) => format!("{stem}: an interrupted first load's files not removed: {e}"),
+        };
+        tracing::warn!("{said}");
+        repairs.push(said);
     }
 }
 
