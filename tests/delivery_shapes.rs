@@ -595,3 +595,45 @@ fn zip_members_are_read_by_content_not_name() {
         want
     );
 }
+
+/// A unit whose every object has left the bucket (a lifecycle rule) stays in the lake as loaded
+/// — the lake keeps the history the bucket drops — and the run counts it (`retained`) instead
+/// of keeping quiet; a month range that leaves it out does not count it.
+#[test]
+fn units_whose_objects_left_the_bucket_are_kept_and_counted() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let a = focus(src.path(), &options(A, "2025-11", None, 1));
+    focus(src.path(), &options(B, "2025-11", None, 2));
+    let (s, l) = (src.path().to_str().unwrap(), lake.path().to_str().unwrap());
+    let (out, report) = run_job(s, l, &[]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(report["retained"]["count"], 0, "{report}");
+    let loaded = local_lake_sums(lake.path());
+
+    std::fs::remove_file(&a).unwrap();
+    let (out, report) = run_job(s, l, &[]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(report["retained"]["count"], 1, "{report}");
+    assert_eq!(
+        report["retained"]["examples"][0],
+        format!("tencent/{A}/2025-11"),
+        "{report}"
+    );
+    assert!(
+        out.stdout
+            .contains("1 unit(s) in the lake have no object in the bucket any more"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(local_lake_sums(lake.path()), loaded, "kept as loaded");
+
+    let (out, report) = run_job(s, l, &["--from", "2025-12"]);
+    assert!(
+        out.code == 0 || out.code == 3,
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(report["retained"]["count"], 0, "{report}");
+}

@@ -197,6 +197,38 @@ impl LakeGap {
     }
 }
 
+/// Units the lake holds whose every object has left the bucket (a lifecycle rule expiring old
+/// bills, a cleaned-up prefix): kept, as the lake's history (see the README's retention); the
+/// report counts them, with the first few, so their absence from the bucket is not silent.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RetainedUnits {
+    pub count: u64,
+    /// The first units (sorted), at most [`SKIP_EXAMPLES`].
+    pub examples: Vec<String>,
+}
+
+impl RetainedUnits {
+    /// The units of `ledger` in range and in `shard` that no listed bill belongs to.
+    pub fn find(
+        ledger: &crate::state::ledger::Ledger,
+        listed: &std::collections::HashSet<&crate::state::classify::SnapshotUnit>,
+        in_scope: impl Fn(&crate::state::classify::SnapshotUnit) -> bool,
+    ) -> RetainedUnits {
+        let mut units: Vec<String> = ledger
+            .units
+            .values()
+            .map(|e| &e.unit)
+            .filter(|u| in_scope(u) && !listed.contains(u))
+            .map(|u| u.to_string())
+            .collect();
+        units.sort();
+        RetainedUnits {
+            count: units.len() as u64,
+            examples: units.into_iter().take(SKIP_EXAMPLES).collect(),
+        }
+    }
+}
+
 /// Skipped objects listed by reason in a report: at most this many examples per reason...
 pub const SKIP_EXAMPLES: usize = 5;
 /// ...and at most this many reasons (any further ones are counted under [`OTHER_REASONS`]).
@@ -318,6 +350,8 @@ pub struct RunReport {
     pub report_skipped: bool,
     /// Units whose loaded snapshot lacks held-out rows, after this run (money not in the lake).
     pub lake_gaps: Vec<LakeGap>,
+    /// Units in the lake with no object in the bucket any more.
+    pub retained: RetainedUnits,
     /// What the run found of earlier runs killed while committing, and what it did about it
     /// (a unit reloaded, an unrecorded first load's files removed or not).
     pub repairs: Vec<String>,
@@ -342,6 +376,7 @@ struct RunReportJson<'a> {
     skipped: &'a SkipSummary,
     lake_gaps: &'a [LakeGap],
     repairs: &'a [String],
+    retained: &'a RetainedUnits,
     error: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
@@ -367,6 +402,7 @@ impl Serialize for RunReport {
             skipped: &self.skipped,
             lake_gaps: &self.lake_gaps,
             repairs: &self.repairs,
+            retained: &self.retained,
             error: &self.error,
             exit_code: self.exit_code,
         }
@@ -525,6 +561,13 @@ impl RunReport {
         }
         for r in &self.repairs {
             s.push_str(&format!("REPAIRED: {r}\n"));
+        }
+        if self.retained.count > 0 {
+            s.push_str(&format!(
+                "{} unit(s) in the lake have no object in the bucket any more (e.g. {}): kept as loaded\n",
+                self.retained.count,
+                self.retained.examples.join(", ")
+            ));
         }
         for g in &self.lake_gaps {
             s.push_str(&format!(

@@ -40,9 +40,10 @@ pub use crate::job::context::RunOptions;
 use crate::job::context::{lock_ledger, open, Context};
 use crate::job::load::{check_shrink, read_snapshot};
 use crate::job::report::{
-    JobCommand, LakeGap, ObjectReport, Outcome, RunReport, SkipSummary, StageSeconds, Totals,
+    JobCommand, LakeGap, ObjectReport, Outcome, RetainedUnits, RunReport, SkipSummary,
+    StageSeconds, Totals,
 };
-use crate::state::classify::BillFile;
+use crate::state::classify::{BillFile, SnapshotUnit};
 use crate::state::ledger::Ledger;
 use crate::state::lock;
 use crate::state::plan::{self, Action, PlannedObject};
@@ -74,6 +75,7 @@ fn new_report(command: JobCommand, opts: &RunOptions) -> RunReport {
         report_skipped: opts.report_skipped,
         lake_gaps: Vec::new(),
         repairs: Vec::new(),
+        retained: Default::default(),
         error: None,
         exit_code: None,
     }
@@ -172,6 +174,15 @@ pub fn run_with_progress(
         &opts.plan,
     );
     clear_unrecorded(&ctx, &unrecorded, &planned, &mut report.repairs);
+    {
+        let listed: HashSet<&SnapshotUnit> = planned
+            .iter()
+            .filter_map(|p| p.bill.as_ref().map(|b| &b.unit))
+            .collect();
+        report.retained = RetainedUnits::find(&*lock_ledger(&ctx.ledger)?, &listed, |u| {
+            opts.plan.in_range(&u.month) && opts.plan.shard.is_none_or(|s| s.takes(u))
+        });
+    }
     let to_load: Vec<usize> = (0..planned.len())
         .filter(|i| planned[*i].action != Action::Skip)
         .collect();
