@@ -34,6 +34,7 @@ use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use crate::ingest::staged::{next_file_number, start_writeback, sum_decimal, WrittenPart};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
+use pages::write_chunk;
 
 /// How the values of one Arrow column become Parquet values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,6 +125,14 @@ impl SmallFormat {
                 }
                 _ => return None,
             };
+            // Settings this encoder would ignore: they leave the file to parquet-rs.
+            if props.compression(&path) != parquet::basic::Compression::UNCOMPRESSED
+                || props.encoding(&path).is_some()
+                || props.bloom_filter_properties(&path).is_some()
+                || props.writer_version() != parquet::file::properties::WriterVersion::PARQUET_1_0
+            {
+                return None;
+            }
             let statistics = match props.statistics_enabled(&path) {
                 EnabledStatistics::None => false,
                 // Min and max of text would need parquet-rs's truncation rules.
@@ -312,9 +321,30 @@ impl SmallFile<'_> {
                         }
                     }
                 }
-                Kind::Decimal { len } => each::<Decimal128Type>(array, plan, data, |v| {
-                    (v.to_be_bytes()[16 - len..].to_vec(), Ordered::Signed(v))
-                })?,
+                Kind::Decimal { len } => {
+                    // A value wider than the column's bytes (beyond its precision: Arrow does
+                    // not check) would be cut to them, another number; parquet-rs cuts it in
+                    // silence, this refuses it.
+                    if len < 16 {
+                        let limit = 1i128 << (8 * len - 1);
+                        let decimals = array
+                            .as_primitive_opt::<Decimal128Type>()
+                            .ok_or_else(|| unexpected(plan))?;
+                        if let Some(v) = decimals
+                            .iter()
+                            .flatten()
+                            .find(|v| !(-limit..limit).contains(v))
+                        {
+                            return Err(Error::rejected(format!(
+                                "column {}: {v} (unscaled) does not fit its {len}-byte decimal",
+                                plan.name
+                            )));
+                        }
+                    }
+                    each::<Decimal128Type>(array, plan, data, |v| {
+                        (v.to_be_bytes()[16 - len..].to_vec(), Ordered::Signed(v))
+                    })?
+                }
             }
         }
         self.rows += batch.num_rows() as u64;
@@ -323,7 +353,9 @@ impl SmallFile<'_> {
 
     /// The whole file: `PAR1`, a dictionary page (if any) and a data page per column, the
     /// footer, its length and `PAR1`.
-    pub fn finish(self) -> Vec<u8> {
+    /// A page over 2 GiB (more than Parquet's page header can say; parquet-rs would split it)
+    /// is refused.
+    pub fn finish(self) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(
             4096 + self
                 .columns
@@ -334,6 +366,14 @@ impl SmallFile<'_> {
         out.extend_from_slice(b"PAR1");
         let mut chunks = Vec::with_capacity(self.columns.len());
         for (plan, data) in self.format.columns.iter().zip(&self.columns) {
+            if data.plain.len() + data.indices.len() * 4 + data.levels.len() * 6 > i32::MAX as usize
+                || self.rows > i32::MAX as u64
+            {
+                return Err(Error::rejected(format!(
+                    "column {}: a page of more than 2 GiB",
+                    plan.name
+                )));
+            }
             chunks.push(write_chunk(&mut out, plan, data, self.rows));
         }
         let mut footer = compact::Writer::default();
@@ -365,7 +405,7 @@ impl SmallFile<'_> {
         out.extend_from_slice(&footer);
         out.extend_from_slice(&(footer.len() as u32).to_le_bytes());
         out.extend_from_slice(b"PAR1");
-        out
+        Ok(out)
     }
 }
 
@@ -389,140 +429,6 @@ fn each<T: ArrowPrimitiveType>(
         }
     }
     Ok(())
-}
-
-/// What the footer says of one column chunk.
-struct Chunk<'a> {
-    plan: &'a ColumnPlan,
-    start: i64,
-    dictionary_offset: Option<i64>,
-    data_offset: i64,
-    size: i64,
-    values: i64,
-    nulls: i64,
-    min_max: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Chunk<'_> {
-    fn write(&self, w: &mut compact::Writer) {
-        const PLAIN: i32 = 0;
-        const RLE: i32 = 3;
-        const RLE_DICTIONARY: i32 = 8;
-        w.begin();
-        // The deprecated offset of the column's metadata; parquet-rs writes 0 too.
-        w.i64(2, 0);
-        w.begin_struct(3);
-        w.i32(1, self.plan.physical);
-        let encodings: &[i32] = if self.dictionary_offset.is_some() {
-            &[PLAIN, RLE, RLE_DICTIONARY]
-        } else {
-            &[PLAIN, RLE]
-        };
-        w.list(2, compact::I32, encodings.len());
-        for e in encodings {
-            w.varint(compact::zigzag(*e as i64));
-        }
-        w.list(3, compact::BINARY, 1);
-        w.varint(self.plan.name.len() as u64);
-        w.bytes(self.plan.name.as_bytes());
-        w.i32(4, 0); // UNCOMPRESSED
-        w.i64(5, self.values);
-        w.i64(6, self.size);
-        w.i64(7, self.size);
-        w.i64(9, self.data_offset);
-        if let Some(offset) = self.dictionary_offset {
-            w.i64(11, offset);
-        }
-        if self.plan.statistics {
-            w.begin_struct(12);
-            w.i64(3, self.nulls);
-            if let Some((min, max)) = &self.min_max {
-                w.binary(5, max);
-                w.binary(6, min);
-                w.bool(7, true);
-                w.bool(8, true);
-            }
-            w.end();
-        }
-        w.end();
-        w.end();
-    }
-}
-
-/// Writes one column's pages to `out` and says what the footer needs of them.
-fn write_chunk<'a>(
-    out: &mut Vec<u8>,
-    plan: &'a ColumnPlan,
-    data: &ColumnData,
-    rows: u64,
-) -> Chunk<'a> {
-    let start = out.len() as i64;
-    let dictionary = plan.dictionary && !data.dictionary.is_empty();
-    let mut dictionary_offset = None;
-    if dictionary {
-        dictionary_offset = Some(start);
-        let mut header = compact::Writer::default();
-        header.i32(1, 2); // DICTIONARY_PAGE
-        header.i32(2, data.plain.len() as i32);
-        header.i32(3, data.plain.len() as i32);
-        header.begin_struct(7);
-        header.i32(1, data.dictionary.len() as i32);
-        header.i32(2, 0); // PLAIN
-        header.end();
-        header.end();
-        out.extend_from_slice(&header.into_bytes());
-        out.extend_from_slice(&data.plain);
-    }
-    let data_offset = out.len() as i64;
-    let mut body = Vec::new();
-    if plan.optional {
-        let mut levels = Vec::new();
-        for &(defined, n) in &data.levels {
-            compact::uvarint(&mut levels, (n as u64) << 1);
-            levels.push(defined as u8);
-        }
-        body.extend_from_slice(&(levels.len() as u32).to_le_bytes());
-        body.extend_from_slice(&levels);
-    }
-    if dictionary {
-        let width = (32 - (data.dictionary.len() as u32 - 1).leading_zeros()).max(1) as usize;
-        body.push(width as u8);
-        compact::bit_packed(&mut body, &data.indices, width);
-    } else {
-        body.extend_from_slice(&data.plain);
-    }
-    let mut header = compact::Writer::default();
-    header.i32(1, 0); // DATA_PAGE
-    header.i32(2, body.len() as i32);
-    header.i32(3, body.len() as i32);
-    header.begin_struct(5);
-    header.i32(1, rows as i32);
-    header.i32(2, if dictionary { 8 } else { 0 }); // RLE_DICTIONARY or PLAIN
-    header.i32(3, 3); // definition levels: RLE
-    header.i32(4, 3); // repetition levels: RLE
-    header.end();
-    header.end();
-    out.extend_from_slice(&header.into_bytes());
-    out.extend_from_slice(&body);
-    let order_bytes = |v: Ordered| match (plan.kind, v) {
-        (Kind::Decimal { len }, Ordered::Signed(x)) => x.to_be_bytes()[16 - len..].to_vec(),
-        (Kind::Int32 { .. }, Ordered::Signed(x)) => (x as i32).to_le_bytes().to_vec(),
-        (Kind::Int32 { .. }, Ordered::Unsigned(x)) => (x as u32).to_le_bytes().to_vec(),
-        (_, Ordered::Signed(x)) => (x as i64).to_le_bytes().to_vec(),
-        (_, Ordered::Unsigned(x)) => x.to_le_bytes().to_vec(),
-    };
-    Chunk {
-        plan,
-        start,
-        dictionary_offset,
-        data_offset,
-        size: out.len() as i64 - start,
-        values: rows as i64,
-        nulls: data.nulls as i64,
-        min_max: data
-            .min_max
-            .map(|(lo, hi)| (order_bytes(lo), order_bytes(hi))),
-    }
 }
 
 impl SmallFormat {
@@ -550,7 +456,7 @@ impl SmallFormat {
                 .checked_add(cost)
                 .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
         }
-        let bytes = file.finish();
+        let bytes = file.finish()?;
         let staged = folder.join(format!("part-{}.parquet.tmp", next_file_number()));
         let written = File::create(&staged).and_then(|mut f| {
             std::io::Write::write_all(&mut f, &bytes)?;
@@ -589,6 +495,13 @@ pub(in crate::ingest) fn small_format(
 }
 
 mod compact;
+mod pages;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod edge_tests;
+
+#[cfg(test)]
+mod edge_tests_shapes;

@@ -17,7 +17,7 @@ use parquet::basic::Compression;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
-fn schema() -> SchemaRef {
+pub(super) fn schema() -> SchemaRef {
     let utc = Some("UTC".into());
     Arc::new(Schema::new(vec![
         Field::new("Region", DataType::Utf8, true),
@@ -38,7 +38,7 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-fn batch(from: usize, rows: usize) -> RecordBatch {
+pub(super) fn batch(from: usize, rows: usize) -> RecordBatch {
     let r = from..from + rows;
     let regions = ["ap-guangzhou", "na-ashburn", "eu-frankfurt"];
     RecordBatch::try_new(
@@ -98,15 +98,15 @@ fn batch(from: usize, rows: usize) -> RecordBatch {
     .unwrap()
 }
 
-/// The small-partition settings of `ingest::write`: no compression, chunk statistics, none on
-/// text, no dictionary for decimals; and none for `Id` (as `tune_small` would decide).
-fn props() -> WriterProperties {
+/// The small-partition settings of `ingest::write` for `schema`: no compression, chunk
+/// statistics, none on text, no dictionary for decimals, no offset index.
+pub(super) fn small_props(schema: &SchemaRef) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::UNCOMPRESSED)
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_offset_index_disabled(true)
         .set_created_by("billpipe test".into());
-    for field in schema().fields() {
+    for field in schema.fields() {
         let c = ColumnPath::from(field.name().as_str());
         match field.data_type() {
             DataType::Decimal128(..) => b = b.set_column_dictionary_enabled(c, false),
@@ -116,11 +116,19 @@ fn props() -> WriterProperties {
             _ => {}
         }
     }
-    b.set_column_dictionary_enabled(ColumnPath::from("Id"), false)
+    b.build()
+}
+
+/// [`small_props`] of this file's schema, and no dictionary for `Id` (as `tune_small` would
+/// decide).
+pub(super) fn props() -> WriterProperties {
+    small_props(&schema())
+        .into_builder()
+        .set_column_dictionary_enabled(ColumnPath::from("Id"), false)
         .build()
 }
 
-fn options(props: &WriterProperties) -> ArrowWriterOptions {
+pub(super) fn options(props: &WriterProperties) -> ArrowWriterOptions {
     let schema = schema();
     let mut props = props.clone();
     let parquet_schema = ArrowSchemaConverter::new().convert(&schema).unwrap();
@@ -137,7 +145,7 @@ fn format(props: &WriterProperties) -> Option<SmallFormat> {
     SmallFormat::new(&schema, &parquet_schema, props, options(props))
 }
 
-fn by_parquet_rs(batches: &[RecordBatch]) -> Vec<u8> {
+pub(super) fn by_parquet_rs(batches: &[RecordBatch]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut w = ArrowWriter::try_new_with_options(&mut out, schema(), options(&props())).unwrap();
     for b in batches {
@@ -153,10 +161,10 @@ fn by_small_file(batches: &[RecordBatch]) -> Vec<u8> {
     for b in batches {
         file.write(b).unwrap();
     }
-    file.finish()
+    file.finish().unwrap()
 }
 
-fn read(bytes: &[u8]) -> (Vec<RecordBatch>, Arc<ParquetMetaData>) {
+pub(super) fn read(bytes: &[u8]) -> (Vec<RecordBatch>, Arc<ParquetMetaData>) {
     let bytes = Bytes::copy_from_slice(bytes);
     let meta = SerializedFileReader::new(bytes.clone())
         .unwrap()
