@@ -27,7 +27,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, Decimal128Array, RecordBatch};
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, SchemaRef};
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter, ArrowWriter};
@@ -38,7 +38,7 @@ use crate::ingest::runs::Merge;
 use crate::ingest::small_file::{small_format, SmallFormat};
 pub(super) use crate::ingest::staged::next_file_number;
 pub use crate::ingest::staged::WrittenPart;
-use crate::ingest::staged::{start_writeback, sum_decimal};
+use crate::ingest::staged::{add_cost, start_writeback};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
 
@@ -65,6 +65,8 @@ pub(super) struct PartFiles {
     /// tuned settings; `None` inside where it cannot write the schema (parquet-rs does).
     small_format: OnceLock<Option<SmallFormat>>,
     small_tuned_format: OnceLock<Option<SmallFormat>>,
+    /// `BILLPIPE_SMALL_FILES_BY_PARQUET_RS` set: parquet-rs writes every file (for comparison).
+    small_by_parquet_rs: bool,
     small_rows: u64,
     cost_col: Option<usize>,
 }
@@ -92,6 +94,7 @@ impl PartFiles {
             small_tuned: OnceLock::new(),
             small_format: OnceLock::new(),
             small_tuned_format: OnceLock::new(),
+            small_by_parquet_rs: std::env::var_os("BILLPIPE_SMALL_FILES_BY_PARQUET_RS").is_some(),
             small_rows,
             schema,
         })
@@ -145,7 +148,7 @@ impl PartFiles {
 
     /// The encoder of small files, for the settings small files are written with now.
     fn small_encoder(&self) -> Option<&SmallFormat> {
-        if std::env::var_os("BILLPIPE_SMALL_FILES_BY_PARQUET_RS").is_some() {
+        if self.small_by_parquet_rs {
             return None;
         }
         match self.small_tuned.get() {
@@ -200,17 +203,9 @@ impl PartFiles {
 
     /// Writes a batch into a partition file, counting its rows and BilledCost.
     pub fn write(&self, part: &mut Part, batch: &RecordBatch) -> Result<()> {
-        let cost = match self.cost_col {
-            Some(c) => sum_decimal(batch.column(c).as_any().downcast_ref::<Decimal128Array>())?,
-            None => 0,
-        };
         part.writer.write(batch)?;
         part.rows += batch.num_rows() as u64;
-        part.billed_cost = part
-            .billed_cost
-            .checked_add(cost)
-            .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
-        Ok(())
+        add_cost(&mut part.billed_cost, batch, self.cost_col)
     }
 
     /// A whole partition file from `batches`; nothing is left in staging if it fails.

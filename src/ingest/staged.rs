@@ -71,7 +71,21 @@ pub(in crate::ingest) fn start_writeback(file: &File) {
 #[cfg(not(target_os = "linux"))]
 pub(in crate::ingest) fn start_writeback(_file: &File) {}
 
-pub(in crate::ingest) fn sum_decimal(col: Option<&Decimal128Array>) -> Result<i128> {
+/// Adds the BilledCost of `batch` (column `cost_col`, if the schema has it) to `total`.
+pub(in crate::ingest) fn add_cost(
+    total: &mut i128,
+    batch: &arrow_array::RecordBatch,
+    cost_col: Option<usize>,
+) -> Result<()> {
+    let Some(c) = cost_col else { return Ok(()) };
+    let cost = sum_decimal(batch.column(c).as_any().downcast_ref::<Decimal128Array>())?;
+    *total = total
+        .checked_add(cost)
+        .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
+    Ok(())
+}
+
+fn sum_decimal(col: Option<&Decimal128Array>) -> Result<i128> {
     let Some(col) = col else { return Ok(0) };
     let mut sum: i128 = 0;
     for v in col.iter().flatten() {

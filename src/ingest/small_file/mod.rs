@@ -23,7 +23,7 @@ use arrow_array::types::{
     Decimal128Type, Int32Type, Int64Type, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, UInt32Type,
 };
-use arrow_array::{Array, ArrowPrimitiveType, Decimal128Array, RecordBatch};
+use arrow_array::{Array, ArrowPrimitiveType, RecordBatch};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
@@ -31,7 +31,7 @@ use parquet::basic::{Repetition, Type as PhysicalType};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 
-use crate::ingest::staged::{next_file_number, start_writeback, sum_decimal, WrittenPart};
+use crate::ingest::staged::{add_cost, next_file_number, start_writeback, WrittenPart};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
 use pages::write_chunk;
@@ -446,15 +446,9 @@ impl SmallFormat {
         let (mut rows, mut billed_cost) = (0u64, 0i128);
         // Each batch's ticket (the merge's row budget) is dropped once its rows are encoded.
         for (batch, _ticket) in batches {
-            let cost = match cost_col {
-                Some(c) => sum_decimal(batch.column(c).as_any().downcast_ref::<Decimal128Array>())?,
-                None => 0,
-            };
             file.write(&batch)?;
             rows += batch.num_rows() as u64;
-            billed_cost = billed_cost
-                .checked_add(cost)
-                .ok_or_else(|| Error::rejected("BilledCost sum overflows"))?;
+            add_cost(&mut billed_cost, &batch, cost_col)?;
         }
         let bytes = file.finish()?;
         let staged = folder.join(format!("part-{}.parquet.tmp", next_file_number()));
