@@ -228,6 +228,18 @@ pub(crate) fn commit(
             return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e));
         }
     }
+    // The files this snapshot replaces: set aside, not freed by the renames (`store::set_aside`).
+    let had: HashSet<&str> = previous
+        .iter()
+        .flat_map(|p| p.outputs.iter().map(|o| o.path.as_str()))
+        .collect();
+    let left_here: HashSet<&str> = left.iter().map(String::as_str).collect();
+    ctx.lake.set_aside(
+        files
+            .iter()
+            .map(|(_, rel)| rel.as_str())
+            .filter(|rel| had.contains(rel) || left_here.contains(rel)),
+    );
     let mut outputs = Vec::new();
     let mut total_cost: i128 = 0;
     let mut rows = 0;
@@ -249,10 +261,6 @@ pub(crate) fn commit(
     }
     // Stores may publish in any order; the ledger lists a snapshot's files by path.
     outputs.sort_by(|a, b| a.path.cmp(&b.path));
-    let had: HashSet<&str> = previous
-        .iter()
-        .flat_map(|p| p.outputs.iter().map(|o| o.path.as_str()))
-        .collect();
     let new_dirs = outputs
         .iter()
         .filter(|o| !had.contains(o.path.as_str()))

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::local::{LocalStore, TMP_SUFFIX};
 use super::s3::{S3Context, S3Location, S3Store};
+use super::set_aside::SetAside;
 use super::Store;
 use crate::{Error, Result};
 
@@ -76,6 +77,9 @@ pub struct Lake {
     lock_path: String,
     /// `shard-I-of-N` for a sharded run's handle.
     scope: Option<String>,
+    /// Local lakes: files about to be replaced are linked aside, and freed by the next run
+    /// (see `set_aside`).
+    set_aside: Option<SetAside>,
 }
 
 /// Where a lake's runs stage.
@@ -112,6 +116,7 @@ impl Lake {
                 base,
                 meta: root.join("_billpipe"),
             },
+            set_aside: Some(SetAside::new(&root, &run_id)),
             store: Arc::new(LocalStore::new(root, &run_id)),
             run_id,
             fence: Fence::default(),
@@ -145,6 +150,7 @@ impl Lake {
             key_prefix_bytes: None,
             lock_path: LOCK_PATH.into(),
             scope: None,
+            set_aside: None,
         }
     }
 
@@ -238,6 +244,9 @@ impl Lake {
                         }
                     }
                 }
+                if let Some(set_aside) = &self.set_aside {
+                    set_aside.start_freeing();
+                }
             }
             Staging::Temp { prefix } => {
                 let ours = self
@@ -262,8 +271,12 @@ impl Lake {
         Ok(())
     }
 
-    /// Removes this run's staging folder (when the lock is released).
+    /// Removes this run's staging folder (when the lock is released), once earlier runs'
+    /// replaced files are freed.
     pub fn release_staging(&self) {
+        if let Some(set_aside) = &self.set_aside {
+            set_aside.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.staging);
     }
 
@@ -293,6 +306,15 @@ impl Lake {
             published(i)?;
             self.fence.check_rel(&files[i].1)
         })
+    }
+
+    /// Before files at `rels` are replaced by publishing: a local lake links them aside, so
+    /// the renames over them do not wait for the device to free them; the next run frees them
+    /// (see `set_aside`). Other lakes replace in the store, and need nothing.
+    pub fn set_aside<'a>(&self, rels: impl Iterator<Item = &'a str>) {
+        if let Some(set_aside) = &self.set_aside {
+            set_aside.before_replacing(rels);
+        }
     }
 
     /// Writes small bytes (the ledger) to `rel`, replacing atomically.
@@ -344,6 +366,9 @@ impl AsRef<Lake> for Lake {
 
 impl Drop for Lake {
     fn drop(&mut self) {
+        if let Some(set_aside) = &self.set_aside {
+            set_aside.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.staging);
     }
 }

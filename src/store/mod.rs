@@ -29,6 +29,7 @@ pub mod lake;
 pub mod local;
 pub mod memory;
 pub mod s3;
+pub mod set_aside;
 pub mod source;
 
 /// The size of the chunks a store streams in (local files; S3 bodies come as the server sends
