@@ -45,7 +45,11 @@ fn group_pipeline() -> &'static str {
 
 /// `billpipe run` with the group pipeline, `src` into `lake`.
 fn run_group(src: &Path, lake: &Path) -> Output {
-    billpipe(&[
+    run_group_with(src, lake, &[])
+}
+
+fn run_group_with(src: &Path, lake: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "run",
         "--pipeline",
         group_pipeline(),
@@ -53,7 +57,9 @@ fn run_group(src: &Path, lake: &Path) -> Output {
         src.to_str().unwrap(),
         "--dest",
         lake.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    billpipe(&args)
 }
 
 /// A snapshot of unit (A, 2025-12) holding rows of accounts A and B (a group bill), so one
@@ -269,6 +275,49 @@ fn a_killed_commit_is_undone_even_when_its_bill_leaves_the_bucket() {
             "{point}: {said}"
         );
     }
+}
+
+/// The same first load, interrupted and withdrawn, then the lake loaded by two shards one after
+/// the other: the shard the unit belongs to removes the files (its intent names the unit), the
+/// other leaves them alone.
+#[test]
+fn a_shard_removes_its_own_interrupted_first_load_only() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    deliver(src.path(), Some(3), true, 40);
+    killed_run(src.path(), lake.path(), "cleanup");
+    std::fs::remove_file(src.path().join(object_name(A, "2025-12", Some(3)).unwrap())).unwrap();
+    let published = lake_files(lake.path()).len();
+    assert_eq!(published, 2, "the killed commit published both partitions");
+    let mut removed_by = Vec::new();
+    for shard in ["0/2", "1/2"] {
+        let before = lake_files(lake.path()).len();
+        let out = run_group_with(src.path(), lake.path(), &["--shard", shard]);
+        assert_eq!(out.code, 0, "{shard}: {}{}", out.stdout, out.stderr);
+        let after = lake_files(lake.path()).len();
+        if out
+            .stdout
+            .contains("its bill is no longer in the bucket; removed")
+        {
+            assert_eq!(after, 0, "{shard}: {}", out.stdout);
+            removed_by.push(shard);
+        } else {
+            assert_eq!(
+                after, before,
+                "{shard} removed another shard's files: {}",
+                out.stdout
+            );
+        }
+    }
+    assert_eq!(removed_by.len(), 1, "exactly one shard owns the unit");
+    assert_eq!(local_lake_sums(lake.path()), Sums::new());
+    assert_eq!(
+        std::fs::read_dir(lake.path().join("_billpipe/publishing"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "the intent goes with the files"
+    );
 }
 
 /// An intent object that names a file not of its unit (damaged, or edited by hand: here one

@@ -10,7 +10,7 @@ use crate::ingest::decode::format_decimal;
 use crate::job::context::{lock_ledger, Context};
 use crate::job::load::Staged;
 use crate::job::report::{ObjectReport, Reconciliation};
-use crate::state::classify::BillFile;
+use crate::state::classify::{BillFile, SnapshotUnit};
 use crate::state::ledger::{LedgerEntry, OutputFile};
 use crate::{Error, Result};
 
@@ -29,25 +29,40 @@ pub(crate) fn intent_path(stem: &str) -> String {
     format!("{PUBLISHING_DIR}/{stem}.json")
 }
 
-/// Paths a killed commit of the unit named `stem` may have published (its intent, see
-/// [`PUBLISHING_DIR`]). Only the unit's own paths are accepted — a partition file named after
-/// it, or its quarantine file —, so a damaged or hand-edited intent cannot make a commit delete
-/// another unit's files, or anything outside the lake.
-pub(crate) fn left_over(ctx: &Context, stem: &str) -> Result<Vec<String>> {
+/// An intent object: the unit and the paths its commit was about to publish. Intents of
+/// billpipe before session 13 are the list of paths alone (`unit` is then unknown, and only a
+/// whole-lake run clears such an interrupted first load, see `job::run`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Intent {
+    pub unit: Option<SnapshotUnit>,
+    pub paths: Vec<String>,
+}
+
+/// The intent a killed commit of the unit named `stem` left (see [`PUBLISHING_DIR`]): the
+/// paths it may have published, empty if there is none. Only the unit's own paths are
+/// accepted — a partition file named after it, or its quarantine file —, so a damaged or
+/// hand-edited intent cannot make a commit delete another unit's files, or anything outside
+/// the lake.
+pub(crate) fn read_intent(ctx: &Context, stem: &str) -> Result<Intent> {
     let intent = intent_path(stem);
     let Some(bytes) = ctx.lake.get(&intent)? else {
-        return Ok(Vec::new());
+        return Ok(Intent::default());
     };
     let not_ours = |why: String| {
         Error::rejected(format!(
             "{intent}: {why}; it should list the paths a commit of this unit was about to publish — remove it if nothing was published by hand"
         ))
     };
-    let paths: Vec<String> = serde_json::from_slice(&bytes)
+    let read: Intent = serde_json::from_slice(&bytes)
+        .or_else(|_| serde_json::from_slice(&bytes).map(|paths| Intent { unit: None, paths }))
         .map_err(|e| not_ours(format!("not a list of paths ({e})")))?;
+    if let Some(unit) = read.unit.as_ref().filter(|u| u.file_stem() != stem) {
+        return Err(not_ours(format!("it names unit {unit}, not {stem}")));
+    }
+    let paths = &read.paths;
     let file = format!("{stem}.parquet");
     let quarantine = format!("{QUARANTINE_DIR}/{stem}.csv");
-    for path in &paths {
+    for path in paths {
         let partition_file = path
             .rsplit_once('/')
             .is_some_and(|(dir, name)| name == file && dir.starts_with("billing_period="));
@@ -57,7 +72,7 @@ pub(crate) fn left_over(ctx: &Context, stem: &str) -> Result<Vec<String>> {
             )));
         }
     }
-    Ok(paths)
+    Ok(read)
 }
 
 /// Reading an object into staging concerns that object alone: whatever fails there (a staged
@@ -210,17 +225,21 @@ pub(crate) fn commit(
     // finds it knows the lake may not hold what the ledger says (`job::run` reloads the unit).
     // Costs ~1.5 ms a unit on disk (300 one-account units: 2.3 → 2.7 s).
     let intent_rel = intent_path(&stem);
-    let left = match left_over(ctx, &stem) {
-        Ok(left) => left,
+    let left = match read_intent(ctx, &stem) {
+        Ok(left) => left.paths,
         Err(e) => return Err(unpublish(ctx, previous.as_ref(), &[], &staged, e)),
     };
     {
-        let intent: BTreeSet<&str> = files
+        let paths: BTreeSet<&str> = files
             .iter()
             .map(|(_, rel)| rel.as_str())
             .chain([quarantine_rel.as_str()])
             .chain(left.iter().map(String::as_str))
             .collect();
+        let intent = Intent {
+            unit: Some(bill.unit.clone()),
+            paths: paths.into_iter().map(String::from).collect(),
+        };
         let written = serde_json::to_vec(&intent)
             .map_err(|e| Error::rejected(format!("{intent_rel}: {e}")))
             .and_then(|bytes| ctx.lake.put(&intent_rel, &bytes));

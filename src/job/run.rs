@@ -47,6 +47,7 @@ use crate::state::classify::{BillFile, SnapshotUnit};
 use crate::state::ledger::Ledger;
 use crate::state::lock;
 use crate::state::plan::{self, Action, PlannedObject};
+use crate::state::shard::Shard;
 use crate::{Error, Result};
 
 pub use crate::job::commit::QUARANTINE_DIR;
@@ -173,7 +174,13 @@ pub fn run_with_progress(
         &*lock_ledger(&ctx.ledger)?,
         &opts.plan,
     );
-    clear_unrecorded(&ctx, &unrecorded, &planned, &mut report.repairs);
+    clear_unrecorded(
+        &ctx,
+        opts.plan.shard,
+        &unrecorded,
+        &planned,
+        &mut report.repairs,
+    );
     {
         let listed: HashSet<&SnapshotUnit> = planned
             .iter()
@@ -367,15 +374,17 @@ fn interrupted_commits(ctx: &Context, repairs: &mut Vec<String>) -> Result<HashS
 
 /// An interrupted first load whose unit this run does not load (its bill left the bucket)
 /// would leave files no ledger entry names, which a fresh load would not have: they are
-/// removed, with the intent that lists them. Only by a whole-lake run (a shard cannot tell
-/// which of these units are its own).
+/// removed, with the intent that lists them. A shard removes those of its own units only (the
+/// intent names its unit; one written by billpipe before session 13 does not, and is left to a
+/// whole-lake run).
 fn clear_unrecorded(
     ctx: &Context,
+    shard: Option<Shard>,
     unrecorded: &HashSet<String>,
     planned: &[PlannedObject],
     repairs: &mut Vec<String>,
 ) {
-    if unrecorded.is_empty() || ctx.lake.scope().is_some() {
+    if unrecorded.is_empty() {
         return;
     }
     let loading: HashSet<String> = planned
@@ -386,7 +395,15 @@ fn clear_unrecorded(
     let mut stems: Vec<&String> = unrecorded.difference(&loading).collect();
     stems.sort();
     for stem in stems {
-        let cleared = commit::left_over(ctx, stem).and_then(|paths| {
+        let intent = commit::read_intent(ctx, stem);
+        let theirs = |intent: &commit::Intent| {
+            shard.is_some_and(|s| intent.unit.as_ref().is_none_or(|u| !s.takes(u)))
+        };
+        if intent.as_ref().is_ok_and(theirs) || (shard.is_some() && intent.is_err()) {
+            continue;
+        }
+        let cleared = intent.and_then(|intent| {
+            let paths = intent.paths;
             for path in &paths {
                 ctx.lake.delete(path)?;
             }
