@@ -14,7 +14,6 @@
 //! it does not handle (a column type, text statistics, nesting) makes [`SmallFormat::new`]
 //! return `None`, and parquet-rs writes those partitions as before.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -34,6 +33,7 @@ use parquet::schema::types::{ColumnPath, SchemaDescriptor};
 use crate::ingest::staged::{add_cost, next_file_number, start_writeback, WrittenPart};
 use crate::partition::PartitionKey;
 use crate::{Error, Result};
+use dictionary::Dictionary;
 use pages::write_chunk;
 
 /// How the values of one Arrow column become Parquet values.
@@ -195,7 +195,7 @@ struct ColumnData {
     plain: Vec<u8>,
     /// With a dictionary: the index of each non-null value, and each value's index.
     indices: Vec<u32>,
-    dictionary: HashMap<Vec<u8>, u32>,
+    dictionary: Dictionary,
     /// Min and max as the column's sort order compares them.
     min_max: Option<(Ordered, Ordered)>,
 }
@@ -219,15 +219,10 @@ impl ColumnData {
 
     fn value(&mut self, plan: &ColumnPlan, bytes: &[u8], order: Option<Ordered>) {
         if plan.dictionary {
-            let next = self.dictionary.len() as u32;
-            let index = match self.dictionary.get(bytes) {
-                Some(&i) => i,
-                None => {
-                    self.dictionary.insert(bytes.to_vec(), next);
-                    push_plain(&mut self.plain, plan.kind, bytes);
-                    next
-                }
-            };
+            let index = self.dictionary.index(&mut self.plain, bytes, |plain| {
+                push_plain(plain, plan.kind, bytes);
+                plain.len() - bytes.len()..plain.len()
+            });
             self.indices.push(index);
         } else {
             push_plain(&mut self.plain, plan.kind, bytes);
@@ -489,6 +484,7 @@ pub(in crate::ingest) fn small_format(
 }
 
 mod compact;
+mod dictionary;
 mod pages;
 
 #[cfg(test)]
