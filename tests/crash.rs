@@ -271,7 +271,9 @@ fn a_killed_commit_is_undone_even_when_its_bill_leaves_the_bucket() {
         );
         assert!(
             said.contains("REPAIRED: ")
-                && said.contains("its bill is no longer in the bucket; removed"),
+                && said.contains(
+                    "its bill is no longer in the bucket, or outside --from/--to); removed"
+                ),
             "{point}: {said}"
         );
     }
@@ -297,7 +299,7 @@ fn a_shard_removes_its_own_interrupted_first_load_only() {
         let after = lake_files(lake.path()).len();
         if out
             .stdout
-            .contains("its bill is no longer in the bucket; removed")
+            .contains("its bill is no longer in the bucket, or outside --from/--to); removed")
         {
             assert_eq!(after, 0, "{shard}: {}", out.stdout);
             removed_by.push(shard);
@@ -318,6 +320,34 @@ fn a_shard_removes_its_own_interrupted_first_load_only() {
         0,
         "the intent goes with the files"
     );
+}
+
+/// A first load killed after publishing, and then the unit's only bill in the bucket is one
+/// that is rejected: a fresh load has nothing of the unit, so the killed load's files go at the
+/// end of the run that tried (they were kept while it might load the unit).
+#[test]
+fn files_of_a_killed_first_load_go_when_every_later_snapshot_is_rejected() {
+    let src = tempfile::tempdir().unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    deliver(src.path(), Some(3), true, 40);
+    killed_run(src.path(), lake.path(), "cleanup");
+    assert_eq!(lake_files(lake.path()).len(), 2);
+    std::fs::remove_file(src.path().join(object_name(A, "2025-12", Some(3)).unwrap())).unwrap();
+    std::fs::write(
+        src.path().join(object_name(A, "2025-12", Some(6)).unwrap()),
+        "this is not a FOCUS file\n",
+    )
+    .unwrap();
+    let out = run_group(src.path(), lake.path());
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("every snapshot of the unit this run tried was rejected; removed"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(local_lake_sums(lake.path()), Sums::new());
+    assert_eq!(lake_files(lake.path()), Vec::<std::path::PathBuf>::new());
 }
 
 /// An intent object that names a file not of its unit (damaged, or edited by hand: here one

@@ -56,7 +56,16 @@ pub(crate) fn read_intent(ctx: &Context, stem: &str) -> Result<Intent> {
     let read: Intent = serde_json::from_slice(&bytes)
         .or_else(|_| serde_json::from_slice(&bytes).map(|paths| Intent { unit: None, paths }))
         .map_err(|e| not_ours(format!("not a list of paths ({e})")))?;
-    if let Some(unit) = read.unit.as_ref().filter(|u| u.file_stem() != stem) {
+    // The unit decides which shard may clear the intent, so it must be the unit itself: its
+    // file stem, and a month as billpipe writes it (`202512` or `2025--12` give the same stem
+    // as `2025-12`, and another shard).
+    if let Some(unit) = read.unit.as_ref().filter(|u| {
+        u.file_stem() != stem
+            || u.month
+                .parse::<crate::values::Month>()
+                .map(|m| m.to_string())
+                != Ok(u.month.clone())
+    }) {
         return Err(not_ours(format!("it names unit {unit}, not {stem}")));
     }
     let paths = &read.paths;

@@ -177,8 +177,8 @@ pub fn run_with_progress(
     clear_unrecorded(
         &ctx,
         opts.plan.shard,
-        &unrecorded,
-        &planned,
+        unrecorded_not_loading(&unrecorded, &planned),
+        "this run loads no snapshot of the unit (its bill is no longer in the bucket, or outside --from/--to)",
         &mut report.repairs,
     );
     {
@@ -313,6 +313,15 @@ pub fn run_with_progress(
         .into_inner()
         .map_err(|_| Error::Internal("a job panicked".into()))?;
     report.error = failure.into_inner().ok().flatten();
+    if report.error.is_none() && !unrecorded.is_empty() {
+        clear_unrecorded(
+            &ctx,
+            opts.plan.shard,
+            unrecorded_still(&ctx, &unrecorded, &planned)?,
+            "every snapshot of the unit this run tried was rejected",
+            &mut report.repairs,
+        );
+    }
     {
         let mut ledger = lock_ledger(&ctx.ledger)?;
         // Only a whole-lake run compacts: a shard holds its own lock only, and compaction
@@ -372,28 +381,61 @@ fn interrupted_commits(ctx: &Context, repairs: &mut Vec<String>) -> Result<HashS
     Ok(stems.difference(&marked).cloned().collect())
 }
 
-/// An interrupted first load whose unit this run does not load (its bill left the bucket)
-/// would leave files no ledger entry names, which a fresh load would not have: they are
-/// removed, with the intent that lists them. A shard removes those of its own units only (the
-/// intent names its unit; one written by billpipe before session 13 does not, and is left to a
-/// whole-lake run).
-fn clear_unrecorded(
-    ctx: &Context,
-    shard: Option<Shard>,
-    unrecorded: &HashSet<String>,
+/// The interrupted first loads (`unrecorded`, by file stem) this run loads no snapshot of:
+/// their bill left the bucket, or is outside `--from/--to`. Their files, which no ledger entry
+/// names and a fresh load would not have, are removed with their intent — now, before loading.
+fn unrecorded_not_loading<'a>(
+    unrecorded: &'a HashSet<String>,
     planned: &[PlannedObject],
-    repairs: &mut Vec<String>,
-) {
-    if unrecorded.is_empty() {
-        return;
-    }
+) -> Vec<&'a String> {
     let loading: HashSet<String> = planned
         .iter()
         .filter(|p| p.action != Action::Skip)
         .filter_map(|p| p.bill.as_ref().map(|b| b.unit.file_stem()))
         .collect();
-    let mut stems: Vec<&String> = unrecorded.difference(&loading).collect();
+    let mut stems: Vec<&String> = unrecorded
+        .iter()
+        .filter(|s| !loading.contains(*s))
+        .collect();
     stems.sort();
+    stems
+}
+
+/// The interrupted first loads this run tried to load and did not: every snapshot it tried
+/// was rejected, so the unit still has no ledger entry and its intent is still there. A fresh
+/// load would have nothing of the unit either. Only intents that name their unit (billpipe
+/// since session 13), so the ledger can say the unit was not loaded meanwhile.
+fn unrecorded_still<'a>(
+    ctx: &Context,
+    unrecorded: &'a HashSet<String>,
+    planned: &[PlannedObject],
+) -> Result<Vec<&'a String>> {
+    let not_loading: HashSet<&'a String> = unrecorded_not_loading(unrecorded, planned)
+        .into_iter()
+        .collect();
+    let ledger = lock_ledger(&ctx.ledger)?;
+    let mut stems = Vec::new();
+    for stem in unrecorded.iter().filter(|s| !not_loading.contains(s)) {
+        let unit = commit::read_intent(ctx, stem).ok().and_then(|i| i.unit);
+        if unit.is_some_and(|u| ledger.get(&u).is_none()) {
+            stems.push(stem);
+        }
+    }
+    stems.sort();
+    Ok(stems)
+}
+
+/// Removes the files of interrupted first loads `stems` (see the two functions above), with
+/// the intent that lists them. A shard removes those of its own units only (the intent names
+/// its unit; one written by billpipe before session 13 does not, and is left to a whole-lake
+/// run).
+fn clear_unrecorded(
+    ctx: &Context,
+    shard: Option<Shard>,
+    stems: Vec<&String>,
+    why: &str,
+    repairs: &mut Vec<String>,
+) {
     for stem in stems {
         let intent = commit::read_intent(ctx, stem);
         let theirs = |intent: &commit::Intent| {
@@ -412,7 +454,7 @@ fn clear_unrecorded(
         });
         let said = match cleared {
             Ok(n) => format!(
-                "{stem}: an interrupted first load left up to {n} file(s) and its bill is no longer in the bucket; removed"
+                "{stem}: an interrupted first load left up to {n} file(s) that no ledger entry names, and {why}; removed"
             ),
             Err(e) => format!("{stem}: an interrupted first load's files not removed: {e}"),
         };

@@ -93,20 +93,42 @@ impl LocalStore {
         renamed.unwrap_or_else(|| self.root.join(key))
     }
 
-    /// Lists `dir` into `out`. `walking` holds the canonical paths of `dir` and the folders
+    /// Lists `dir` into `out` (only its entries whose name starts with `first`, if given).
+    /// `walking` holds the canonical paths of `dir` and the folders
     /// above it (to stop symbolic-link loops); `renamed` collects keys that are not paths.
     fn walk(
         &self,
         dir: &Path,
+        first: Option<&str>,
         walking: &mut Vec<PathBuf>,
         out: &mut Vec<ObjectInfo>,
         renamed: &mut HashMap<String, PathBuf>,
     ) -> Result<()> {
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        // A listing is of one moment: a folder or file removed between reading its parent and
+        // looking at it (a run freeing replaced files, staging tidied) is not in it, as on S3.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let path = entry.path();
-            let file_type = entry.file_type().map_err(|e| Error::io(&path, e))?;
+            // Names the prefix rules out are not walked (`_billpipe/` when a lake's partitions
+            // are listed): a key under `name` starts with `name/`, and the part of the prefix
+            // after its last `/` holds no `/`. Only names that are text (an escaped one is
+            // compared as its key, later).
+            if let (Some(first), Some(name)) = (first, entry.file_name().to_str()) {
+                if !name.starts_with(first) {
+                    continue;
+                }
+            }
+            let file_type = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
             // A plain folder is walked without a `stat` or a `canonicalize`: its canonical path
             // is its parent's plus its name. A lake's month is 20,000 customer folders, listed
             // whole before every reseller commit, and the `statx` calls of `canonicalize` (one
@@ -117,7 +139,7 @@ impl LocalStore {
                     None => std::fs::canonicalize(&path).map_err(|e| Error::io(&path, e))?,
                 };
                 walking.push(real);
-                self.walk(&path, walking, out, renamed)?;
+                self.walk(&path, None, walking, out, renamed)?;
                 walking.pop();
                 continue;
             }
@@ -125,9 +147,12 @@ impl LocalStore {
             // loops) is listed as the link itself: reading it then says why, for that object.
             let meta = match std::fs::metadata(&path) {
                 Ok(meta) => meta,
-                Err(_) if file_type.is_symlink() => {
-                    entry.metadata().map_err(|e| Error::io(&path, e))?
-                }
+                Err(_) if file_type.is_symlink() => match entry.metadata() {
+                    Ok(meta) => meta,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(Error::io(&path, e)),
+                },
+                Err(e) if gone(&e) => continue,
                 Err(e) => return Err(Error::io(&path, e)),
             };
             if meta.is_dir() {
@@ -141,7 +166,7 @@ impl LocalStore {
                     continue;
                 }
                 walking.push(real);
-                self.walk(&path, walking, out, renamed)?;
+                self.walk(&path, None, walking, out, renamed)?;
                 walking.pop();
                 continue;
             }
@@ -339,7 +364,8 @@ impl Store for LocalStore {
         if walking.last() != Some(&real) {
             walking.push(real);
         }
-        self.walk(&start, &mut walking, &mut out, &mut renamed)?;
+        let first = prefix.rfind('/').map_or(prefix, |i| &prefix[i + 1..]);
+        self.walk(&start, Some(first), &mut walking, &mut out, &mut renamed)?;
         out.retain(|o| o.key.starts_with(prefix));
         out.sort_by(|a, b| a.key.cmp(&b.key));
         // Only an escaped name can meet another (`\xD5` escaped, or a file named so in text).

@@ -60,7 +60,15 @@ impl SetAside {
         for rel in rels {
             let target = self.root.join(rel);
             if !self.made.load(Ordering::Relaxed) {
-                if std::fs::create_dir_all(&self.dir).is_err() {
+                // Only in a real folder: through a symbolic link the links would land where
+                // the freeing (which follows none) never removes them.
+                let real = |dir: &Path| {
+                    std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir())
+                };
+                if std::fs::create_dir_all(&self.dir).is_err()
+                    || !real(&self.root.join(REPLACED_DIR))
+                    || !real(&self.dir)
+                {
                     return;
                 }
                 self.made.store(true, Ordering::Relaxed);
@@ -83,12 +91,21 @@ impl SetAside {
     }
 
     /// Starts freeing the replaced files of every other run (this run holds a lock now).
+    /// Symbolic links are never followed: `replaced/` and its run folders must be real folders
+    /// (a link planted there could otherwise make the freeing delete a partition folder's
+    /// files, or files outside the lake).
     pub fn start_freeing(&self) {
-        let Ok(entries) = std::fs::read_dir(self.root.join(REPLACED_DIR)) else {
+        let replaced = self.root.join(REPLACED_DIR);
+        let real_dir = std::fs::symlink_metadata(&replaced).is_ok_and(|m| m.file_type().is_dir());
+        let Some(entries) = real_dir
+            .then(|| std::fs::read_dir(&replaced).ok())
+            .flatten()
+        else {
             return;
         };
         let folders: Vec<PathBuf> = entries
             .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.path())
             .filter(|p| *p != self.dir)
             .collect();
@@ -123,8 +140,11 @@ fn free(folders: &[PathBuf]) {
     let mut files = 0usize;
     for folder in folders {
         if let Ok(entries) = std::fs::read_dir(folder) {
+            // Unlinking a file or a symbolic link removes that name only; a folder is left.
             for e in entries.flatten() {
-                files += std::fs::remove_file(e.path()).is_ok() as usize;
+                if e.file_type().is_ok_and(|t| !t.is_dir()) {
+                    files += std::fs::remove_file(e.path()).is_ok() as usize;
+                }
             }
         }
         let _ = std::fs::remove_dir(folder);
@@ -169,6 +189,49 @@ mod tests {
         assert!(!aside.exists());
         assert!(!root.path().join(REPLACED_DIR).join("run-1").exists());
         assert_eq!(std::fs::read(part.join("u.parquet")).unwrap(), b"new");
+    }
+
+    /// Links planted in `replaced/` (a run folder that is a link to a partition folder or to a
+    /// folder outside the lake, or `replaced/` itself a link) are never followed.
+    #[cfg(unix)]
+    #[test]
+    fn freeing_follows_no_symbolic_link() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("precious.txt"), b"keep").unwrap();
+        let part = root
+            .path()
+            .join("billing_period=2025-11/billing_account_id=1");
+        std::fs::create_dir_all(&part).unwrap();
+        std::fs::write(part.join("u.parquet"), b"live").unwrap();
+        let replaced = root.path().join(REPLACED_DIR);
+        std::fs::create_dir_all(replaced.join("real")).unwrap();
+        std::fs::write(replaced.join("real/0"), b"old").unwrap();
+        symlink(&part, replaced.join("to-partition")).unwrap();
+        symlink(outside.path(), replaced.join("to-outside")).unwrap();
+        symlink(outside.path().join("precious.txt"), replaced.join("real/1")).unwrap();
+        let next = SetAside::new(root.path(), "next");
+        next.start_freeing();
+        next.wait();
+        assert!(part.join("u.parquet").exists());
+        assert!(outside.path().join("precious.txt").exists());
+        assert!(!replaced.join("real").exists(), "the real folder is freed");
+        // `replaced/` itself a link to the partition's month.
+        std::fs::remove_dir_all(&replaced).unwrap();
+        symlink(root.path().join("billing_period=2025-11"), &replaced).unwrap();
+        let again = SetAside::new(root.path(), "again");
+        again.start_freeing();
+        again.wait();
+        again.before_replacing(
+            ["billing_period=2025-11/billing_account_id=1/u.parquet"].into_iter(),
+        );
+        assert!(part.join("u.parquet").exists());
+        assert_eq!(
+            std::fs::read_dir(&part).unwrap().count(),
+            1,
+            "no link made through it"
+        );
     }
 
     #[test]

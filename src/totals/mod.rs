@@ -266,8 +266,13 @@ pub struct Totals {
 /// nor any partition file).
 pub fn totals(opts: &TotalsOptions) -> Result<Totals> {
     let lake = lake::open(&opts.dest, false, || S3Context::connect(&opts.s3))?;
-    let listing = lake.list("")?;
-    let has_ledger = listing.iter().any(|(rel, _)| rel == LEDGER_PATH);
+    // Partitions and the ledger only: `_billpipe/` may hold a run's staging and the tens of
+    // thousands of replaced files the next run frees while this lists (`store::set_aside`).
+    let has_ledger = lake
+        .list(LEDGER_PATH)?
+        .iter()
+        .any(|(rel, _)| rel == LEDGER_PATH);
+    let listing = lake.list(crate::partition::PERIOD_DIR)?;
     let partition_files: Vec<(String, String, String)> = listing
         .iter()
         .filter_map(|(rel, _)| {
