@@ -22,6 +22,10 @@
 //! spills of runs killed mid-way, which can be gigabytes. The folder is removed when the lock
 //! is released.
 //!
+//! A local lake also sets aside the files its commits replace (hard links in
+//! `_billpipe/replaced/<run id>/`, freed by the next run that takes a lock; see `set_aside`), so
+//! renaming over them does not wait for the device to free their blocks.
+//!
 //! Paths are checked before anything of a snapshot is published ([`Lake::check_path`]): every
 //! segment at most 255 bytes (the common file-name limit, kept on S3 too so a lake can be
 //! copied to disk), no empty, `.` or `..` segment, and on S3 a key of at most 1,024 bytes. A path
