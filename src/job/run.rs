@@ -174,10 +174,11 @@ pub fn run_with_progress(
         &*lock_ledger(&ctx.ledger)?,
         &opts.plan,
     );
+    let (not_loading, loading) = split_unrecorded(&unrecorded, &planned);
     clear_unrecorded(
         &ctx,
         opts.plan.shard,
-        unrecorded_not_loading(&unrecorded, &planned),
+        not_loading,
         "this run loads no snapshot of the unit (its bill is no longer in the bucket, or outside --from/--to)",
         &mut report.repairs,
     );
@@ -313,11 +314,11 @@ pub fn run_with_progress(
         .into_inner()
         .map_err(|_| Error::Internal("a job panicked".into()))?;
     report.error = failure.into_inner().ok().flatten();
-    if report.error.is_none() && !unrecorded.is_empty() {
+    if report.error.is_none() && !loading.is_empty() {
         clear_unrecorded(
             &ctx,
             opts.plan.shard,
-            unrecorded_still(&ctx, &unrecorded, &planned)?,
+            still_unrecorded(&ctx, loading)?,
             "every snapshot of the unit this run tried was rejected",
             &mut report.repairs,
         );
@@ -381,51 +382,48 @@ fn interrupted_commits(ctx: &Context, repairs: &mut Vec<String>) -> Result<HashS
     Ok(stems.difference(&marked).cloned().collect())
 }
 
-/// The interrupted first loads (`unrecorded`, by file stem) this run loads no snapshot of:
-/// their bill left the bucket, or is outside `--from/--to`. Their files, which no ledger entry
-/// names and a fresh load would not have, are removed with their intent — now, before loading.
-fn unrecorded_not_loading<'a>(
+/// The interrupted first loads (`unrecorded`, by file stem), split by whether this run loads a
+/// snapshot of their unit. Those it does not load (their bill left the bucket, or is outside
+/// `--from/--to`) have their files removed before loading: no ledger entry names them and a
+/// fresh load would not have them. Those it loads are looked at again at the end
+/// ([`still_unrecorded`]).
+fn split_unrecorded<'a>(
     unrecorded: &'a HashSet<String>,
     planned: &[PlannedObject],
-) -> Vec<&'a String> {
+) -> (Vec<&'a String>, Vec<&'a String>) {
     let loading: HashSet<String> = planned
         .iter()
         .filter(|p| p.action != Action::Skip)
         .filter_map(|p| p.bill.as_ref().map(|b| b.unit.file_stem()))
         .collect();
-    let mut stems: Vec<&String> = unrecorded
-        .iter()
-        .filter(|s| !loading.contains(*s))
-        .collect();
+    let mut stems: Vec<&String> = unrecorded.iter().collect();
     stems.sort();
-    stems
+    stems.into_iter().partition(|s| !loading.contains(*s))
 }
 
-/// The interrupted first loads this run tried to load and did not: every snapshot it tried
-/// was rejected, so the unit still has no ledger entry and its intent is still there. A fresh
-/// load would have nothing of the unit either. Only intents that name their unit (billpipe
-/// since session 13), so the ledger can say the unit was not loaded meanwhile.
-fn unrecorded_still<'a>(
-    ctx: &Context,
-    unrecorded: &'a HashSet<String>,
-    planned: &[PlannedObject],
-) -> Result<Vec<&'a String>> {
-    let not_loading: HashSet<&'a String> = unrecorded_not_loading(unrecorded, planned)
+/// Of the interrupted first loads this run tried to load, those it did not: every snapshot it
+/// tried was rejected, so the unit still has no ledger entry. A fresh load would have nothing
+/// of the unit either. Only intents that name their unit (billpipe since session 13), so the
+/// ledger can say the unit was not loaded meanwhile.
+fn still_unrecorded<'a>(ctx: &Context, tried: Vec<&'a String>) -> Result<Vec<&'a String>> {
+    let units: Vec<(&String, Option<SnapshotUnit>)> = tried
         .into_iter()
+        .map(|stem| {
+            (
+                stem,
+                commit::read_intent(ctx, stem).ok().and_then(|i| i.unit),
+            )
+        })
         .collect();
     let ledger = lock_ledger(&ctx.ledger)?;
-    let mut stems = Vec::new();
-    for stem in unrecorded.iter().filter(|s| !not_loading.contains(s)) {
-        let unit = commit::read_intent(ctx, stem).ok().and_then(|i| i.unit);
-        if unit.is_some_and(|u| ledger.get(&u).is_none()) {
-            stems.push(stem);
-        }
-    }
-    stems.sort();
-    Ok(stems)
+    Ok(units
+        .into_iter()
+        .filter(|(_, unit)| unit.as_ref().is_some_and(|u| ledger.get(u).is_none()))
+        .map(|(stem, _)| stem)
+        .collect())
 }
 
-/// Removes the files of interrupted first loads `stems` (see the two functions above), with
+/// Removes the files of interrupted first loads `stems` (see [`split_unrecorded`]), with
 /// the intent that lists them. A shard removes those of its own units only (the intent names
 /// its unit; one written by billpipe before session 13 does not, and is left to a whole-lake
 /// run).
